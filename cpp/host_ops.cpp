@@ -1,0 +1,236 @@
+#include "host_ops.h"
+
+#include <sstream>
+
+namespace moecomm::host {
+
+using cpu::ScalarType;
+
+namespace {
+
+constexpr int kF32 = static_cast<int>(ScalarType::kFloat32);
+constexpr int kF16 = static_cast<int>(ScalarType::kFloat16);
+constexpr int kBF16 = static_cast<int>(ScalarType::kBFloat16);
+constexpr int kI32 = static_cast<int>(ScalarType::kInt32);
+constexpr int kI64 = static_cast<int>(ScalarType::kInt64);
+constexpr int kBool = static_cast<int>(ScalarType::kBool);
+
+std::string pair_string(int64_t flat, int64_t top_k) {
+  std::ostringstream s;
+  s << "[" << flat / top_k << ", " << flat % top_k << "]";
+  return s.str();
+}
+
+}  // namespace
+
+std::string dtype_name(int dtype) {
+  switch (dtype) {
+    case kF32: return "float32";
+    case kF16: return "float16";
+    case kBF16: return "bfloat16";
+    case kI32: return "int32";
+    case kI64: return "int64";
+    case kBool: return "bool";
+  }
+  return "unknown dtype code " + std::to_string(dtype);
+}
+
+std::string shape_string(const std::vector<int64_t>& shape) {
+  std::ostringstream s;
+  s << "[";
+  for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
+  s << "]";
+  return s.str();
+}
+
+void check_tensor(const TensorArg& t, int64_t expected_dim, std::initializer_list<int> allowed) {
+  if (t.shape.size() != t.strides.size()) fail(t, "shape and strides differ in length");
+  if (t.dim() != expected_dim) {
+    fail(t, "expected a " + std::to_string(expected_dim) + "-D tensor, got shape " + shape_string(t.shape));
+  }
+  bool ok = false;
+  std::string names;
+  for (int a : allowed) {
+    ok = ok || a == t.dtype;
+    names += (names.empty() ? "" : ", ") + dtype_name(a);
+  }
+  if (!ok) fail(t, "expected dtype in {" + names + "}, got " + dtype_name(t.dtype));
+  for (size_t d = 0; d < t.shape.size(); ++d) {
+    if (t.shape[d] < 0 || t.strides[d] < 0) fail(t, "negative size or stride");
+  }
+  if (t.numel() > 0 && t.data == 0) fail(t, "null data pointer");
+}
+
+void check_contiguous(const TensorArg& t) {
+  int64_t expected = 1;
+  for (int64_t d = t.dim() - 1; d >= 0; --d) {
+    if (t.size(d) != 1 && t.stride(d) != expected) fail(t, "expected a contiguous tensor");
+    expected *= t.size(d);
+  }
+}
+
+void check_shape(const TensorArg& t, const std::vector<int64_t>& expected) {
+  if (t.shape != expected) {
+    fail(t, "expected shape " + shape_string(expected) + ", got " + shape_string(t.shape));
+  }
+}
+
+void route_layout(const TensorArg& topk_ids, int64_t num_experts,
+                  const std::optional<TensorArg>& is_kept, const TensorArg& tokens_per_expert,
+                  const TensorArg& row_of_pair, int num_threads) {
+  check_tensor(topk_ids, 2, {kI32, kI64});
+  check_contiguous(topk_ids);
+  if (num_experts <= 0) throw std::invalid_argument("num_experts: expected > 0, got " + std::to_string(num_experts));
+  const int64_t T = topk_ids.size(0), K = topk_ids.size(1);
+  const bool* kept = nullptr;
+  if (is_kept) {
+    check_tensor(*is_kept, 2, {kBool});
+    check_contiguous(*is_kept);
+    check_shape(*is_kept, {T, K});
+    kept = is_kept->ptr<const bool>();
+  }
+  check_tensor(tokens_per_expert, 1, {kI64});
+  check_contiguous(tokens_per_expert);
+  check_shape(tokens_per_expert, {num_experts});
+  check_tensor(row_of_pair, 2, {kI64});
+  check_contiguous(row_of_pair);
+  check_shape(row_of_pair, {T, K});
+  int64_t bad;
+  if (topk_ids.dtype == kI32) {
+    bad = cpu::route_layout(topk_ids.ptr<const int32_t>(), T, K, num_experts, kept,
+                            tokens_per_expert.ptr<int64_t>(), row_of_pair.ptr<int64_t>(), num_threads);
+  } else {
+    bad = cpu::route_layout(topk_ids.ptr<const int64_t>(), T, K, num_experts, kept,
+                            tokens_per_expert.ptr<int64_t>(), row_of_pair.ptr<int64_t>(), num_threads);
+  }
+  if (bad != cpu::kOk) {
+    fail(topk_ids, "expert id at " + pair_string(bad, K) + " is outside [0, " + std::to_string(num_experts) + ")");
+  }
+}
+
+void select_kept(const TensorArg& topk_ids, int64_t num_experts, int64_t experts_per_bucket,
+                 const TensorArg& capacity, const std::optional<TensorArg>& topk_weights,
+                 const TensorArg& is_kept) {
+  check_tensor(topk_ids, 2, {kI32, kI64});
+  check_contiguous(topk_ids);
+  if (num_experts <= 0) throw std::invalid_argument("num_experts: expected > 0");
+  if (experts_per_bucket <= 0 || num_experts % experts_per_bucket != 0) {
+    throw std::invalid_argument("num_ranks: experts per bucket must divide num_experts");
+  }
+  const int64_t T = topk_ids.size(0), K = topk_ids.size(1);
+  const int64_t num_buckets = num_experts / experts_per_bucket;
+  check_tensor(capacity, 1, {kI64});
+  check_contiguous(capacity);
+  check_shape(capacity, {num_buckets});
+  const int64_t* cap = capacity.ptr<const int64_t>();
+  for (int64_t b = 0; b < num_buckets; ++b) {
+    if (cap[b] < 0) fail(capacity, "expected every capacity >= 0, got " + std::to_string(cap[b]));
+  }
+  const float* weights = nullptr;
+  if (topk_weights) {
+    check_tensor(*topk_weights, 2, {kF32});
+    check_contiguous(*topk_weights);
+    check_shape(*topk_weights, {T, K});
+    weights = topk_weights->ptr<const float>();
+  }
+  check_tensor(is_kept, 2, {kBool});
+  check_contiguous(is_kept);
+  check_shape(is_kept, {T, K});
+  int64_t bad;
+  if (topk_ids.dtype == kI32) {
+    bad = cpu::select_kept(topk_ids.ptr<const int32_t>(), T, K, num_experts, experts_per_bucket, cap,
+                           weights, is_kept.ptr<bool>());
+  } else {
+    bad = cpu::select_kept(topk_ids.ptr<const int64_t>(), T, K, num_experts, experts_per_bucket, cap,
+                           weights, is_kept.ptr<bool>());
+  }
+  if (bad != cpu::kOk) {
+    fail(topk_ids, "expert id at " + pair_string(bad, K) + " is outside [0, " + std::to_string(num_experts) + ")");
+  }
+}
+
+void permute(const TensorArg& x, const TensorArg& row_of_pair, const TensorArg& out,
+             int num_threads) {
+  check_tensor(x, 2, {kF32, kF16, kBF16});
+  check_tensor(row_of_pair, 2, {kI64});
+  check_contiguous(row_of_pair);
+  const int64_t T = x.size(0), H = x.size(1);
+  if (row_of_pair.size(0) != T) {
+    fail(row_of_pair, "expected " + std::to_string(T) + " tokens (x has " + std::to_string(T) + "), got " + std::to_string(row_of_pair.size(0)));
+  }
+  check_tensor(out, 2, {x.dtype});
+  check_contiguous(out);
+  if (out.size(1) != H) fail(out, "expected hidden size " + std::to_string(H));
+  const int64_t K = row_of_pair.size(1);
+  const int64_t bad = cpu::permute(x.ptr<const void>(), T, H, x.stride(0), x.stride(1),
+                                   cpu::element_size(x.scalar_type()), row_of_pair.ptr<const int64_t>(),
+                                   K, out.ptr<void>(), out.size(0), num_threads);
+  if (bad != cpu::kOk) {
+    fail(row_of_pair, "row at " + pair_string(bad, K) + " is outside [-1, " + std::to_string(out.size(0)) + ")");
+  }
+}
+
+void unpermute(const TensorArg& y, const TensorArg& row_of_pair, const TensorArg& topk_weights,
+               const TensorArg& out, int num_threads) {
+  check_tensor(y, 2, {kF32, kF16, kBF16});
+  check_tensor(row_of_pair, 2, {kI64});
+  check_contiguous(row_of_pair);
+  const int64_t T = row_of_pair.size(0), K = row_of_pair.size(1), H = y.size(1);
+  check_tensor(topk_weights, 2, {kF32});
+  check_contiguous(topk_weights);
+  check_shape(topk_weights, {T, K});
+  check_tensor(out, 2, {y.dtype});
+  check_contiguous(out);
+  check_shape(out, {T, H});
+  const int64_t bad = cpu::unpermute(y.ptr<const void>(), y.scalar_type(), y.size(0), H, y.stride(0),
+                                     y.stride(1), row_of_pair.ptr<const int64_t>(),
+                                     topk_weights.ptr<const float>(), T, K, out.ptr<void>(), num_threads);
+  if (bad != cpu::kOk) {
+    fail(row_of_pair, "row at " + pair_string(bad, K) + " is outside [-1, " + std::to_string(y.size(0)) + ")");
+  }
+}
+
+void pack_padded(const TensorArg& rows, const TensorArg& counts, const TensorArg& out,
+                 int num_threads) {
+  check_tensor(rows, 2, {kF32, kF16, kBF16});
+  check_tensor(counts, 1, {kI64});
+  check_contiguous(counts);
+  check_tensor(out, 3, {rows.dtype});
+  check_contiguous(out);
+  const int64_t B = counts.size(0), H = rows.size(1);
+  if (out.size(0) != B || out.size(2) != H) {
+    fail(out, "expected shape [" + std::to_string(B) + ", capacity, " + std::to_string(H) + "], got " + shape_string(out.shape));
+  }
+  const int64_t capacity = out.size(1);
+  const int64_t bad = cpu::pack_padded(rows.ptr<const void>(), rows.size(0), H, rows.stride(0),
+                                       rows.stride(1), cpu::element_size(rows.scalar_type()),
+                                       counts.ptr<const int64_t>(), B, capacity, out.ptr<void>(),
+                                       num_threads);
+  if (bad != cpu::kOk) {
+    fail(counts, "expected every count in [0, " + std::to_string(capacity) + "] summing to the " +
+                     std::to_string(rows.size(0)) + " rows (first bad bucket " + std::to_string(bad) + ")");
+  }
+}
+
+void unpack_padded(const TensorArg& buffer, const TensorArg& counts, const TensorArg& out,
+                   int num_threads) {
+  check_tensor(buffer, 3, {kF32, kF16, kBF16});
+  check_tensor(counts, 1, {kI64});
+  check_contiguous(counts);
+  check_shape(counts, {buffer.size(0)});
+  check_tensor(out, 2, {buffer.dtype});
+  check_contiguous(out);
+  const int64_t H = buffer.size(2);
+  if (out.size(1) != H) fail(out, "expected hidden size " + std::to_string(H));
+  const int64_t bad = cpu::unpack_padded(buffer.ptr<const void>(), buffer.size(0), buffer.size(1), H,
+                                         buffer.stride(0), buffer.stride(1), buffer.stride(2),
+                                         cpu::element_size(buffer.scalar_type()),
+                                         counts.ptr<const int64_t>(), out.ptr<void>(), out.size(0),
+                                         num_threads);
+  if (bad != cpu::kOk) {
+    fail(counts, "expected every count in [0, " + std::to_string(buffer.size(1)) + "] summing to the " +
+                     std::to_string(out.size(0)) + " output rows (first bad bucket " + std::to_string(bad) + ")");
+  }
+}
+
+}  // namespace moecomm::host

@@ -1,0 +1,31 @@
+// Host side of the native ops: validate TensorArgs, dispatch on dtype, call the CPU kernels and turn
+// kernel error codes into exceptions that name the argument. Outputs are preallocated by the caller.
+#pragma once
+
+#include <optional>
+
+#include "tensor_arg.h"
+
+namespace moecomm::host {
+
+void route_layout(const TensorArg& topk_ids, int64_t num_experts,
+                  const std::optional<TensorArg>& is_kept, const TensorArg& tokens_per_expert,
+                  const TensorArg& row_of_pair, int num_threads);
+
+void select_kept(const TensorArg& topk_ids, int64_t num_experts, int64_t experts_per_bucket,
+                 const TensorArg& capacity, const std::optional<TensorArg>& topk_weights,
+                 const TensorArg& is_kept);
+
+void permute(const TensorArg& x, const TensorArg& row_of_pair, const TensorArg& out,
+             int num_threads);
+
+void unpermute(const TensorArg& y, const TensorArg& row_of_pair, const TensorArg& topk_weights,
+               const TensorArg& out, int num_threads);
+
+void pack_padded(const TensorArg& rows, const TensorArg& counts, const TensorArg& out,
+                 int num_threads);
+
+void unpack_padded(const TensorArg& buffer, const TensorArg& counts, const TensorArg& out,
+                   int num_threads);
+
+}  // namespace moecomm::host

@@ -1,0 +1,47 @@
+// TensorArg: a tensor handed to the native core as a raw pointer, shape, strides and dtype code,
+// with the checks the host layer applies before any kernel runs. No libtorch.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "moecomm/cpu_kernels.h"
+
+namespace moecomm::host {
+
+struct TensorArg {
+  std::string name;  // the Python argument name, used in every error message
+  uintptr_t data = 0;
+  std::vector<int64_t> shape;
+  std::vector<int64_t> strides;  // in elements
+  int dtype = 0;                 // moecomm::cpu::ScalarType code
+
+  cpu::ScalarType scalar_type() const { return static_cast<cpu::ScalarType>(dtype); }
+  int64_t dim() const { return static_cast<int64_t>(shape.size()); }
+  int64_t size(int64_t d) const { return shape.at(static_cast<size_t>(d)); }
+  int64_t stride(int64_t d) const { return strides.at(static_cast<size_t>(d)); }
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t s : shape) n *= s;
+    return n;
+  }
+  template <typename T>
+  T* ptr() const { return reinterpret_cast<T*>(data); }
+};
+
+[[noreturn]] inline void fail(const TensorArg& t, const std::string& what) {
+  throw std::invalid_argument(t.name + ": " + what);
+}
+
+std::string dtype_name(int dtype);
+std::string shape_string(const std::vector<int64_t>& shape);
+
+// Checks rank, dtype in `allowed`, non-negative sizes/strides, matching metadata lengths and a
+// non-null pointer whenever the tensor holds elements.
+void check_tensor(const TensorArg& t, int64_t expected_dim, std::initializer_list<int> allowed);
+void check_contiguous(const TensorArg& t);
+void check_shape(const TensorArg& t, const std::vector<int64_t>& expected);
+
+}  // namespace moecomm::host

@@ -1,0 +1,48 @@
+// permute: scatter each token's row to its (token, k) pairs' expert-major rows.
+#include <cstring>
+
+#include "moecomm/cpu_kernels.h"
+#include "parallel.h"
+
+namespace moecomm::cpu {
+
+namespace {
+
+// Copies one row of `hidden` elements; dst is contiguous, src has element stride src_stride.
+inline void copy_row(char* dst, const char* src, int64_t hidden, int64_t src_stride,
+                     size_t elem_size) {
+  if (src_stride == 1) {
+    std::memcpy(dst, src, static_cast<size_t>(hidden) * elem_size);
+    return;
+  }
+  for (int64_t h = 0; h < hidden; ++h) {
+    std::memcpy(dst + h * elem_size, src + h * src_stride * static_cast<int64_t>(elem_size), elem_size);
+  }
+}
+
+}  // namespace
+
+int64_t permute(const void* x, int64_t num_tokens, int64_t hidden, int64_t x_stride_token,
+                int64_t x_stride_hidden, size_t elem_size, const int64_t* row_of_pair,
+                int64_t top_k, void* out, int64_t num_rows, int num_threads) {
+  const int64_t num_pairs = num_tokens * top_k;
+  for (int64_t i = 0; i < num_pairs; ++i) {
+    if (row_of_pair[i] < -1 || row_of_pair[i] >= num_rows) return i;
+  }
+  const char* src = static_cast<const char*>(x);
+  char* dst = static_cast<char*>(out);
+  const int64_t row_bytes = hidden * static_cast<int64_t>(elem_size);
+  const int64_t token_bytes = x_stride_token * static_cast<int64_t>(elem_size);
+  parallel_for(num_tokens, num_threads, 16, [&](int64_t t0, int64_t t1, int64_t) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const char* x_row = src + t * token_bytes;
+      for (int64_t k = 0; k < top_k; ++k) {
+        const int64_t row = row_of_pair[t * top_k + k];
+        if (row >= 0) copy_row(dst + row * row_bytes, x_row, hidden, x_stride_hidden, elem_size);
+      }
+    }
+  });
+  return kOk;
+}
+
+}  // namespace moecomm::cpu

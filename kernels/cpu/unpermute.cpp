@@ -1,0 +1,88 @@
+// unpermute: weighted sum of each token's expert rows back into token order (float32 accumulation).
+#include <cstdint>
+#include <vector>
+
+#include "convert.h"
+#include "moecomm/cpu_kernels.h"
+#include "parallel.h"
+
+namespace moecomm::cpu {
+
+namespace {
+
+struct Float32 {
+  using Storage = float;
+  static float load(float v) { return v; }
+  static float store(float v) { return v; }
+};
+struct BFloat16 {
+  using Storage = uint16_t;
+  static float load(uint16_t v) { return bf16_to_float(v); }
+  static uint16_t store(float v) { return float_to_bf16(v); }
+};
+struct Float16 {
+  using Storage = uint16_t;
+  static float load(uint16_t v) { return fp16_to_float(v); }
+  static uint16_t store(float v) { return float_to_fp16(v); }
+};
+
+template <typename Type>
+void unpermute_typed(const typename Type::Storage* y, int64_t hidden, int64_t y_stride_row,
+                     int64_t y_stride_hidden, const int64_t* row_of_pair, const float* weights,
+                     int64_t num_tokens, int64_t top_k, typename Type::Storage* out,
+                     int num_threads) {
+  using Storage = typename Type::Storage;
+  parallel_for(num_tokens, num_threads, 8, [&](int64_t t0, int64_t t1, int64_t) {
+    std::vector<float> acc(static_cast<size_t>(hidden));
+    float* a = acc.data();
+    for (int64_t t = t0; t < t1; ++t) {
+      for (int64_t h = 0; h < hidden; ++h) a[h] = 0.0f;
+      for (int64_t k = 0; k < top_k; ++k) {
+        const int64_t row = row_of_pair[t * top_k + k];
+        if (row < 0) continue;
+        const float w = weights[t * top_k + k];
+        const Storage* src = y + row * y_stride_row;
+        if (y_stride_hidden == 1) {
+          for (int64_t h = 0; h < hidden; ++h) a[h] += w * Type::load(src[h]);
+        } else {
+          for (int64_t h = 0; h < hidden; ++h) a[h] += w * Type::load(src[h * y_stride_hidden]);
+        }
+      }
+      Storage* dst = out + t * hidden;
+      for (int64_t h = 0; h < hidden; ++h) dst[h] = Type::store(a[h]);
+    }
+  });
+}
+
+}  // namespace
+
+int64_t unpermute(const void* y, ScalarType type, int64_t num_rows, int64_t hidden,
+                  int64_t y_stride_row, int64_t y_stride_hidden, const int64_t* row_of_pair,
+                  const float* weights, int64_t num_tokens, int64_t top_k, void* out,
+                  int num_threads) {
+  const int64_t num_pairs = num_tokens * top_k;
+  for (int64_t i = 0; i < num_pairs; ++i) {
+    if (row_of_pair[i] < -1 || row_of_pair[i] >= num_rows) return i;
+  }
+  switch (type) {
+    case ScalarType::kFloat32:
+      unpermute_typed<Float32>(static_cast<const float*>(y), hidden, y_stride_row, y_stride_hidden,
+                               row_of_pair, weights, num_tokens, top_k, static_cast<float*>(out),
+                               num_threads);
+      return kOk;
+    case ScalarType::kBFloat16:
+      unpermute_typed<BFloat16>(static_cast<const uint16_t*>(y), hidden, y_stride_row,
+                                y_stride_hidden, row_of_pair, weights, num_tokens, top_k,
+                                static_cast<uint16_t*>(out), num_threads);
+      return kOk;
+    case ScalarType::kFloat16:
+      unpermute_typed<Float16>(static_cast<const uint16_t*>(y), hidden, y_stride_row,
+                               y_stride_hidden, row_of_pair, weights, num_tokens, top_k,
+                               static_cast<uint16_t*>(out), num_threads);
+      return kOk;
+    default:
+      return -2;
+  }
+}
+
+}  // namespace moecomm::cpu

@@ -1,0 +1,75 @@
+// Plain C++17 ABI of moecomm's CPU kernels. No torch, no Python: raw pointers, sizes and strides.
+//
+// Conventions
+// - T tokens, K routed experts per token, E experts, H hidden size, N rows in expert-major order.
+// - Strides are in elements, not bytes.
+// - Every kernel validates the indices it dereferences and returns the flat index of the first bad
+//   one (or another documented code) instead of reading or writing out of bounds; kOk (-1) on success.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace moecomm::cpu {
+
+constexpr int64_t kOk = -1;
+
+enum class ScalarType : int {
+  kFloat32 = 0,
+  kFloat16 = 1,
+  kBFloat16 = 2,
+  kInt32 = 3,
+  kInt64 = 4,
+  kBool = 5,
+};
+
+size_t element_size(ScalarType type);
+
+// Counting sort of (token, k) pairs by expert id, stable in (token, k) order.
+// ids: [T, K] contiguous; is_kept: [T, K] contiguous or nullptr (all kept).
+// Writes tokens_per_expert [E] (kept pairs only) and row_of_pair [T, K] (row in expert-major order,
+// -1 for a dropped pair). Returns kOk, or the flat index t*K+k of the first id outside [0, E).
+template <typename Id>
+int64_t route_layout(const Id* ids, int64_t num_tokens, int64_t top_k, int64_t num_experts,
+                     const bool* is_kept, int64_t* tokens_per_expert, int64_t* row_of_pair,
+                     int num_threads);
+
+// Marks which (token, k) pairs are kept under a per-bucket capacity. A bucket is a block of
+// experts_per_bucket consecutive experts (1: per expert; E/R: per destination rank).
+// weights == nullptr: earlier pairs win (token index, then k). Otherwise higher weight wins, ties by
+// token index, then k. capacity: [E / experts_per_bucket], each >= 0.
+// Returns kOk, or the flat index of the first id outside [0, E).
+template <typename Id>
+int64_t select_kept(const Id* ids, int64_t num_tokens, int64_t top_k, int64_t num_experts,
+                    int64_t experts_per_bucket, const int64_t* capacity, const float* weights,
+                    bool* is_kept);
+
+// out[row_of_pair[t, k]] = x[t] for every pair with row >= 0. x: [T, H] with strides
+// (x_stride_token, x_stride_hidden); out: [N, H] contiguous. Bytes are copied as they are.
+// Returns kOk, or the flat index of the first row outside [-1, N).
+int64_t permute(const void* x, int64_t num_tokens, int64_t hidden, int64_t x_stride_token,
+                int64_t x_stride_hidden, size_t elem_size, const int64_t* row_of_pair,
+                int64_t top_k, void* out, int64_t num_rows, int num_threads);
+
+// out[t] = sum over k with row >= 0 of weights[t, k] * y[row_of_pair[t, k]], accumulated in float32.
+// y: [N, H] with strides (y_stride_row, y_stride_hidden); weights: [T, K] float32 contiguous;
+// out: [T, H] contiguous, same type as y. Returns kOk or the flat index of the first bad row.
+int64_t unpermute(const void* y, ScalarType type, int64_t num_rows, int64_t hidden,
+                  int64_t y_stride_row, int64_t y_stride_hidden, const int64_t* row_of_pair,
+                  const float* weights, int64_t num_tokens, int64_t top_k, void* out,
+                  int num_threads);
+
+// Copies expert-major rows [N, H] (strides given) into a zero-padded [B, capacity, H] contiguous
+// buffer; bucket b takes counts[b] consecutive rows. The caller checked counts (each in
+// [0, capacity], summing to N); the kernel re-checks and returns the first bad bucket index.
+int64_t pack_padded(const void* rows, int64_t num_rows, int64_t hidden, int64_t stride_row,
+                    int64_t stride_hidden, size_t elem_size, const int64_t* counts,
+                    int64_t num_buckets, int64_t capacity, void* out, int num_threads);
+
+// Inverse of pack_padded: buffer [B, capacity, H] (strides given) -> rows [sum(counts), H] contiguous.
+int64_t unpack_padded(const void* buffer, int64_t num_buckets, int64_t capacity, int64_t hidden,
+                      int64_t stride_bucket, int64_t stride_slot, int64_t stride_hidden,
+                      size_t elem_size, const int64_t* counts, void* out, int64_t num_rows,
+                      int num_threads);
+
+}  // namespace moecomm::cpu

@@ -1,0 +1,34 @@
+"""moecomm.ops: the MoE data path's kernels on torch CPU tensors (native), and their references.
+
+| op | in | out |
+|---|---|---|
+| route_layout | topk_ids [T,K] int32/64 | RouteLayout (tokens_per_expert [E], tokens_per_rank [R], row_of_pair [T,K]) |
+| select_kept | topk_ids [T,K], topk_weights [T,K] | is_kept [T,K] bool |
+| permute | x [T,H], layout, is_kept | [N_kept,H] expert-major |
+| unpermute | y [N_kept,H], layout, topk_weights [T,K], is_kept | [T,H] |
+| pack_padded / unpack_padded | rows [N,H], counts [B], capacity | [B,capacity,H] and back |
+| capacity_for_ratio / capacity_from_factor | loads [B] / sizes | int cap |
+
+``moecomm.ops.reference`` holds a pure-torch version of each with the same signature.
+"""
+
+from moecomm.ops import reference
+from moecomm.ops.capacity import capacity_for_ratio, capacity_from_factor, drop_budget
+from moecomm.ops.layout import RouteLayout, route_layout
+from moecomm.ops.padded import pack_padded, unpack_padded
+from moecomm.ops.permute import permute, unpermute
+from moecomm.ops.select import select_kept
+
+__all__ = [
+    "RouteLayout",
+    "route_layout",
+    "select_kept",
+    "permute",
+    "unpermute",
+    "pack_padded",
+    "unpack_padded",
+    "capacity_for_ratio",
+    "capacity_from_factor",
+    "drop_budget",
+    "reference",
+]

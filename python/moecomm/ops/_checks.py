@@ -1,0 +1,100 @@
+"""Argument checks shared by the native ops and their pure-torch references.
+
+Every check raises before any kernel or collective runs, and names the argument it rejects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+ID_DTYPES = (torch.int32, torch.int64)
+ACTIVATION_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _names(dtypes: Iterable[torch.dtype]) -> str:
+    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def check_tensor(
+    name: str, value: object, *, dim: int, dtypes: Iterable[torch.dtype], cpu_only: bool = True
+) -> torch.Tensor:
+    """Checks that ``value`` is a ``dim``-D tensor with a dtype in ``dtypes`` (on the CPU)."""
+    dtypes = tuple(dtypes)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+    if cpu_only and value.device.type != "cpu":
+        raise ValueError(f"{name}: expected a CPU tensor, got device {value.device} (only the CPU backend is built)")
+    if value.dim() != dim:
+        raise ValueError(f"{name}: expected a {dim}-D tensor, got shape {list(value.shape)}")
+    if value.dtype not in dtypes:
+        raise TypeError(f"{name}: expected dtype in {{{_names(dtypes)}}}, got {str(value.dtype).replace('torch.', '')}")
+    return value
+
+
+def check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return value
+
+
+def check_non_negative_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
+    return value
+
+
+def check_topology(num_experts: object, num_ranks: object) -> tuple[int, int]:
+    """Checks that ``num_experts`` experts split into ``num_ranks`` equal contiguous blocks."""
+    num_experts = check_positive_int("num_experts", num_experts)
+    num_ranks = check_positive_int("num_ranks", num_ranks)
+    if num_experts % num_ranks:
+        raise ValueError(
+            f"num_ranks: num_experts={num_experts} is not divisible by num_ranks={num_ranks} "
+            "(experts are placed in equal contiguous blocks per rank)"
+        )
+    return num_experts, num_ranks
+
+
+def check_topk_ids(topk_ids: object, num_experts: int | None = None) -> torch.Tensor:
+    """Checks ``topk_ids [T, K] int32|int64`` on the CPU; with ``num_experts``, also the id range."""
+    ids = check_tensor("topk_ids", topk_ids, dim=2, dtypes=ID_DTYPES)
+    if num_experts is not None and ids.numel() > 0:
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= num_experts:
+            bad = low if low < 0 else high
+            raise ValueError(f"topk_ids: expert id {bad} is outside [0, {num_experts})")
+    return ids
+
+
+def check_topk_weights(topk_weights: object, topk_ids: torch.Tensor) -> torch.Tensor:
+    """Checks ``topk_weights [T, K] float`` against ``topk_ids [T, K]``."""
+    weights = check_tensor("topk_weights", topk_weights, dim=2, dtypes=WEIGHT_DTYPES)
+    if weights.shape != topk_ids.shape:
+        raise ValueError(
+            f"topk_weights: expected shape {list(topk_ids.shape)} (that of topk_ids), got {list(weights.shape)}"
+        )
+    return weights
+
+
+def check_is_kept(is_kept: object, topk_ids: torch.Tensor) -> torch.Tensor:
+    mask = check_tensor("is_kept", is_kept, dim=2, dtypes=(torch.bool,))
+    if mask.shape != topk_ids.shape:
+        raise ValueError(f"is_kept: expected shape {list(topk_ids.shape)} (that of topk_ids), got {list(mask.shape)}")
+    return mask
+
+
+def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def check_ratio(name: str, value: object) -> float:
+    """Checks a ratio in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= float(value) < 1.0):
+        raise ValueError(f"{name}: expected a number in [0, 1), got {value!r}")
+    return float(value)
