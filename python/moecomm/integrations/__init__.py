@@ -1,0 +1,1 @@
+"""Integrations of moecomm with other frameworks (transformers, vLLM)."""
