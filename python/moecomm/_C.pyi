@@ -1,0 +1,63 @@
+"""Type stubs of moecomm's native core (pybind11 module ``moecomm._C``).
+
+Every function takes ``TensorArg`` descriptions of caller-allocated CPU tensors (see
+``moecomm.ops._native.tensor_arg``), checks them, runs the CPU kernel with the GIL released, and
+raises ``ValueError`` naming the argument on bad input. Outputs are written in place.
+"""
+
+import enum
+
+class ScalarType(enum.IntEnum):
+    float32 = 0
+    float16 = 1
+    bfloat16 = 2
+    int32 = 3
+    int64 = 4
+    bool = 5
+
+class TensorArg:
+    """A tensor as (argument name, data pointer, shape, strides in elements, ScalarType code)."""
+
+    def __init__(self, name: str, data: int, shape: list[int], strides: list[int], dtype: int) -> None: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def shape(self) -> list[int]: ...
+    @property
+    def strides(self) -> list[int]: ...
+    @property
+    def dtype(self) -> int: ...
+
+def route_layout(
+    topk_ids: TensorArg,
+    num_experts: int,
+    is_kept: TensorArg | None,
+    tokens_per_expert: TensorArg,
+    row_of_pair: TensorArg,
+    num_threads: int,
+) -> None:
+    """topk_ids [T,K] int32/int64 contiguous; is_kept [T,K] bool or None; writes
+    tokens_per_expert [E] int64 and row_of_pair [T,K] int64 (-1 for dropped pairs)."""
+
+def select_kept(
+    topk_ids: TensorArg,
+    num_experts: int,
+    experts_per_bucket: int,
+    capacity: TensorArg,
+    topk_weights: TensorArg | None,
+    is_kept: TensorArg,
+) -> None:
+    """capacity [E/experts_per_bucket] int64 >= 0; topk_weights [T,K] float32 (None: position
+    policy); writes is_kept [T,K] bool."""
+
+def permute(x: TensorArg, row_of_pair: TensorArg, out: TensorArg, num_threads: int) -> None:
+    """x [T,H] float32/float16/bfloat16 (any strides); row_of_pair [T,K] int64; out [N,H] contiguous."""
+
+def unpermute(y: TensorArg, row_of_pair: TensorArg, topk_weights: TensorArg, out: TensorArg, num_threads: int) -> None:
+    """y [N,H]; row_of_pair [T,K] int64; topk_weights [T,K] float32; out [T,H] in y's dtype."""
+
+def pack_padded(rows: TensorArg, counts: TensorArg, out: TensorArg, num_threads: int) -> None:
+    """rows [N,H]; counts [B] int64; out [B,capacity,H] contiguous, zero padded."""
+
+def unpack_padded(buffer: TensorArg, counts: TensorArg, out: TensorArg, num_threads: int) -> None:
+    """buffer [B,capacity,H]; counts [B] int64; out [sum(counts),H] contiguous."""

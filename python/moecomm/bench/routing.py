@@ -1,0 +1,109 @@
+"""Seeded synthetic routing with controllable skew, for benchmarks and the token-drop study.
+
+Two modes pick each token's ``top_k`` distinct experts from a popularity distribution over experts:
+
+- ``zipf``: expert popularity ``p_i ~ 1 / (i + 1) ** skew`` over popularity ranks i; ``skew = 0`` is
+  uniform. Popularity ranks are assigned to expert ids by a seeded random permutation, so hot experts
+  land on random EP ranks as they do in trained models (not all on rank 0).
+- ``hot``: expert ``hot_expert`` is ``skew`` times as popular as every other expert (``skew = 1`` is
+  uniform); models one runaway expert.
+
+Experts are drawn without replacement (``torch.multinomial``), so a token never picks an expert twice.
+Gate weights are a softmax over random logits, sorted in decreasing order along k (like a router's top-k).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from moecomm.ops._checks import check_choice, check_non_negative_int, check_positive_int
+
+ROUTING_MODES = ("zipf", "hot")
+
+
+@dataclass(frozen=True)
+class Routing:
+    """One step's routing.
+
+    Attributes:
+        topk_ids: ``[T, K]`` int64 expert ids, distinct within a row.
+        topk_weights: ``[T, K]`` float32 gate weights, each row sums to 1, decreasing along k.
+    """
+
+    topk_ids: torch.Tensor
+    topk_weights: torch.Tensor
+
+
+def expert_popularity(num_experts: int, *, skew: float, mode: str = "zipf", seed: int = 0, hot_expert: int = 0) -> torch.Tensor:
+    """``[E]`` float64 selection probabilities (sum 1) for ``mode`` and ``skew`` (see module docstring)."""
+    num_experts = check_positive_int("num_experts", num_experts)
+    mode = check_choice("mode", mode, ROUTING_MODES)
+    if isinstance(skew, bool) or not isinstance(skew, (int, float)) or skew < 0:
+        raise ValueError(f"skew: expected a number >= 0, got {skew!r}")
+    if mode == "zipf":
+        by_rank = 1.0 / torch.arange(1, num_experts + 1, dtype=torch.float64) ** float(skew)
+        generator = torch.Generator().manual_seed(seed)
+        rank_of_expert = torch.randperm(num_experts, generator=generator)
+        weights = by_rank[rank_of_expert]
+    else:
+        if skew < 1:
+            raise ValueError(f"skew: the 'hot' mode expects a popularity multiplier >= 1, got {skew!r}")
+        if not 0 <= hot_expert < num_experts:
+            raise ValueError(f"hot_expert: expected an expert id in [0, {num_experts}), got {hot_expert!r}")
+        weights = torch.ones(num_experts, dtype=torch.float64)
+        weights[hot_expert] = float(skew)
+    return weights / weights.sum()
+
+
+def make_routing(
+    num_tokens: int,
+    num_experts: int,
+    top_k: int,
+    *,
+    skew: float = 0.0,
+    mode: str = "zipf",
+    seed: int = 0,
+    hot_expert: int = 0,
+    popularity_seed: int | None = None,
+) -> Routing:
+    """Draws a seeded routing of ``num_tokens`` tokens to ``top_k`` of ``num_experts`` experts.
+
+    Args:
+        num_tokens: T >= 0.
+        num_experts: E >= top_k.
+        top_k: K >= 1.
+        skew: Zipf exponent (``zipf``, >= 0) or the hot expert's popularity multiplier (``hot``, >= 1).
+        mode: ``"zipf"`` or ``"hot"``.
+        seed: seeds the token draws (give each EP rank its own).
+        hot_expert: the hot expert's id (``hot`` mode).
+        popularity_seed: seeds which expert ids are popular (``zipf``); defaults to 0 so every rank of a
+            run shares the same popular experts, as in a real model.
+
+    Returns:
+        :class:`Routing` with ``topk_ids [T, K] int64`` and ``topk_weights [T, K] float32``.
+    """
+    check_non_negative_int("num_tokens", num_tokens)
+    check_positive_int("top_k", top_k)
+    check_positive_int("num_experts", num_experts)
+    if top_k > num_experts:
+        raise ValueError(f"top_k: expected at most num_experts={num_experts}, got {top_k}")
+    popularity = expert_popularity(
+        num_experts, skew=skew, mode=mode, seed=0 if popularity_seed is None else popularity_seed, hot_expert=hot_expert
+    )
+    generator = torch.Generator().manual_seed(seed)
+    if num_tokens == 0:
+        ids = torch.empty((0, top_k), dtype=torch.int64)
+    else:
+        ids = torch.multinomial(popularity.float().expand(num_tokens, -1), top_k, replacement=False, generator=generator)
+    logits = torch.randn((num_tokens, top_k), generator=generator)
+    weights = torch.softmax(logits, dim=1).sort(dim=1, descending=True).values
+    return Routing(topk_ids=ids.to(torch.int64), topk_weights=weights.to(torch.float32))
+
+
+def load_imbalance(loads: torch.Tensor) -> float:
+    """``max / mean`` of ``loads [B]`` (any numeric dtype); 1.0 when all loads are zero."""
+    loads = loads.to(torch.float64)
+    mean = float(loads.mean()) if loads.numel() else 0.0
+    return float(loads.max()) / mean if mean > 0 else 1.0

@@ -1,0 +1,86 @@
+"""Interleaved timing: every peer of a comparison runs once per round, rounds repeat.
+
+Interleaving spreads the noise of a shared machine (other processes, frequency changes) over all
+peers alike, so ratios measured in one run are fair even when absolute times drift.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from moecomm.ops._checks import check_non_negative_int, check_positive_int
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall-clock samples of one case, in seconds, with their summary statistics."""
+
+    samples: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return quantile(self.samples, 0.5)
+
+    @property
+    def p10(self) -> float:
+        return quantile(self.samples, 0.1)
+
+    @property
+    def p90(self) -> float:
+        return quantile(self.samples, 0.9)
+
+
+def quantile(samples: tuple[float, ...] | list[float], q: float) -> float:
+    """Linear-interpolation quantile ``q`` in [0, 1] of a non-empty list of floats."""
+    if not samples:
+        raise ValueError("samples: expected at least one sample")
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"q: expected a number in [0, 1], got {q!r}")
+    return float(torch.quantile(torch.tensor(samples, dtype=torch.float64), q))
+
+
+def time_once(fn: Callable[[], object]) -> float:
+    """Seconds one call of ``fn`` takes (perf_counter)."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure_interleaved(
+    cases: Mapping[str, Callable[[], object]],
+    *,
+    repeats: int,
+    warmup: int,
+    on_round: Callable[[int], None] | None = None,
+    timer: Callable[[Callable[[], object]], float] = time_once,
+) -> dict[str, Timing]:
+    """Times every case of ``cases`` once per round, ``warmup`` untimed rounds then ``repeats`` timed ones.
+
+    Args:
+        cases: name -> zero-argument callable; the order of the mapping is the order within a round.
+        repeats: timed rounds (>= 1).
+        warmup: untimed rounds first (>= 0).
+        on_round: called with the round index after each round (progress bars).
+        timer: measures one call in seconds; multi-process benchmarks pass a timer that synchronises
+            ranks and returns the slowest rank's time.
+
+    Returns:
+        name -> :class:`Timing` with ``repeats`` samples.
+    """
+    check_positive_int("repeats", repeats)
+    check_non_negative_int("warmup", warmup)
+    if not cases:
+        raise ValueError("cases: expected at least one case to time")
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for round_index in range(warmup + repeats):
+        for name, fn in cases.items():
+            elapsed = timer(fn)
+            if round_index >= warmup:
+                samples[name].append(elapsed)
+        if on_round is not None:
+            on_round(round_index)
+    return {name: Timing(tuple(values)) for name, values in samples.items()}
