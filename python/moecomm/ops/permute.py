@@ -45,26 +45,44 @@ def check_row_count(name: str, rows: torch.Tensor, layout: RouteLayout) -> None:
         raise ValueError(f"{name}: expected {layout.num_rows} rows (kept pairs of the layout), got {rows.shape[0]}")
 
 
-def permute(x: torch.Tensor, layout: RouteLayout, is_kept: torch.Tensor | None = None) -> torch.Tensor:
+def output_buffer(out: torch.Tensor | None, shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    """A new ``shape`` tensor, or ``out`` checked to be a contiguous CPU tensor of that shape and dtype."""
+    if out is None:
+        return torch.empty(shape, dtype=dtype)
+    check_tensor("out", out, dim=2, dtypes=(dtype,))
+    if tuple(out.shape) != shape or not out.is_contiguous():
+        raise ValueError(f"out: expected a contiguous tensor of shape {list(shape)}, got {list(out.shape)}")
+    return out
+
+
+def permute(
+    x: torch.Tensor, layout: RouteLayout, is_kept: torch.Tensor | None = None, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Copies each token's row to its kept pairs' rows in expert-major order.
 
     Args:
         x: ``[T, H]`` float32/float16/bfloat16 tokens, CPU, any strides.
         layout: from :func:`route_layout` over the same ``topk_ids [T, K]``.
         is_kept: optional ``[T, K]`` bool; dropped pairs are skipped and no other expert's rows shift.
+        out: optional preallocated ``[N_kept, H]`` contiguous tensor of x's dtype to write into.
 
     Returns:
         ``[N_kept, H]`` in x's dtype, rows ordered by expert, then token, then k.
     """
     x, layout = check_permute_args(x, layout)
     layout = kept_layout(layout, is_kept)
-    out = torch.empty((layout.num_rows, x.shape[1]), dtype=x.dtype)
+    out = output_buffer(out, (layout.num_rows, x.shape[1]), x.dtype)
     _C.permute(tensor_arg("x", x), tensor_arg("row_of_pair", layout.row_of_pair), tensor_arg("out", out), num_threads())
     return out
 
 
 def unpermute(
-    y: torch.Tensor, layout: RouteLayout, topk_weights: torch.Tensor, is_kept: torch.Tensor | None = None
+    y: torch.Tensor,
+    layout: RouteLayout,
+    topk_weights: torch.Tensor,
+    is_kept: torch.Tensor | None = None,
+    *,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Combines expert-major rows back into tokens: ``out[t] = sum over kept k of w[t,k] * y[row(t,k)]``.
 
@@ -73,6 +91,7 @@ def unpermute(
         layout: the layout ``y`` was permuted with.
         topk_weights: ``[T, K]`` float32/float16/bfloat16 gate weights (not renormalised).
         is_kept: optional ``[T, K]`` bool, the same mask given to :func:`permute`.
+        out: optional preallocated ``[T, H]`` contiguous tensor of y's dtype to write into.
 
     Returns:
         ``[T, H]`` in y's dtype, accumulated in float32. Tokens with no kept pair are zero.
@@ -81,7 +100,7 @@ def unpermute(
     layout = kept_layout(layout, is_kept)
     check_row_count("y", y, layout)
     weights = weights.to(torch.float32).contiguous()
-    out = torch.empty((layout.topk_ids.shape[0], y.shape[1]), dtype=y.dtype)
+    out = output_buffer(out, (layout.topk_ids.shape[0], y.shape[1]), y.dtype)
     _C.unpermute(
         tensor_arg("y", y),
         tensor_arg("row_of_pair", layout.row_of_pair),

@@ -1,0 +1,185 @@
+"""`moecomm bench kernels`: the native ops vs the pure-torch reference, Megatron-Core and memcpy.
+
+Peers, all timed in one interleaved run on the same inputs:
+
+- ``native``: ``moecomm.ops`` (the C++ kernels).
+- ``reference``: ``moecomm.ops.reference`` (pure torch, same signatures).
+- ``megatron``: Megatron-Core's unfused ``moe_utils.permute`` / ``unpermute`` (from a ``[T, E]``
+  routing map and probs, ``fused=False``) and ``apply_router_token_dropping`` as the peer of
+  ``select_kept``; skipped when megatron-core is not installed.
+- ``memcpy``: ``dst.copy_(src)`` of a contiguous ``[N, H]`` tensor (the size of permute's output) into a
+  preallocated buffer: the same bytes permute reads and writes, with no indexing.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from moecomm import ops
+from moecomm.bench.progress import progress_task
+from moecomm.bench.report import markdown_table, ms, timing_record
+from moecomm.bench.routing import make_routing
+from moecomm.bench.timing import Timing, measure_interleaved
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class KernelBenchConfig:
+    """Shapes and settings of the kernel benchmark (defaults: issue 2's T=4096, K=8, H=4096, E=64, bf16)."""
+
+    num_tokens: int = 4096
+    hidden: int = 4096
+    num_experts: int = 64
+    top_k: int = 8
+    dtype: str = "bf16"
+    skew: float = 0.0
+    drop_ratio: float = 0.1
+    repeats: int = 10
+    warmup: int = 2
+    seed: int = 0
+    megatron: bool = True
+
+
+def load_megatron_moe_utils() -> Any | None:
+    """Megatron-Core's ``moe_utils`` module, or None when megatron-core is not installed."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from megatron.core.transformer.moe import moe_utils
+    except Exception:  # noqa: BLE001 - any import failure means "peer not available"
+        return None
+    return moe_utils
+
+
+def dense_routing(topk_ids: torch.Tensor, topk_weights: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Megatron's router outputs from ``topk_ids [T, K] int64`` and ``topk_weights [T, K] float32``:
+    ``routing_map [T, E] bool`` and ``probs [T, E] float32`` (zero where not routed)."""
+    num_tokens = topk_ids.shape[0]
+    routing_map = torch.zeros((num_tokens, num_experts), dtype=torch.bool).scatter_(1, topk_ids, True)
+    probs = torch.zeros((num_tokens, num_experts), dtype=torch.float32).scatter_(1, topk_ids, topk_weights)
+    return routing_map, probs
+
+
+def build_cases(config: KernelBenchConfig) -> tuple[dict[str, Callable[[], object]], dict[str, Any]]:
+    """The callables to time and facts about them (row counts, bytes, correctness checks)."""
+    dtype = DTYPES[config.dtype]
+    routing = make_routing(config.num_tokens, config.num_experts, config.top_k, skew=config.skew, seed=config.seed)
+    ids, weights = routing.topk_ids, routing.topk_weights
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    x = torch.randn((config.num_tokens, config.hidden), generator=generator).to(dtype)
+    layout = ops.route_layout(ids, config.num_experts)
+    num_rows = layout.num_rows
+    rows = ops.permute(x, layout)
+    expert_out = torch.randn((num_rows, config.hidden), generator=generator).to(dtype)
+    capacity = ops.capacity_for_ratio(layout.tokens_per_expert, config.drop_ratio)
+
+    checks = {
+        "route_layout_matches_reference": bool(torch.equal(layout.row_of_pair, ops.reference.route_layout(ids, config.num_experts).row_of_pair)),
+        "permute_matches_reference": bool(torch.equal(rows, ops.reference.permute(x, layout))),
+    }
+    memcpy_src = torch.empty_like(rows).copy_(rows)
+    memcpy_dst = torch.empty_like(rows)
+
+    cases: dict[str, Callable[[], object]] = {
+        "route_layout/native": lambda: ops.route_layout(ids, config.num_experts),
+        "route_layout/reference": lambda: ops.reference.route_layout(ids, config.num_experts),
+        "select_kept/native": lambda: ops.select_kept(ids, weights, config.num_experts, capacity=capacity, policy="probs"),
+        "select_kept/reference": lambda: ops.reference.select_kept(ids, weights, config.num_experts, capacity=capacity, policy="probs"),
+        "memcpy": lambda: memcpy_dst.copy_(memcpy_src),
+        "permute/native": lambda: ops.permute(x, layout),
+        "permute/reference": lambda: ops.reference.permute(x, layout),
+        "unpermute/native": lambda: ops.unpermute(expert_out, layout, weights),
+        "unpermute/reference": lambda: ops.reference.unpermute(expert_out, layout, weights),
+    }
+    moe_utils = load_megatron_moe_utils() if config.megatron else None
+    if moe_utils is not None:
+        routing_map, probs = dense_routing(ids, weights, config.num_experts)
+        _, _, sorted_indices = moe_utils.permute(x, routing_map, num_out_tokens=num_rows)
+        # Megatron's capacity factor giving the same per-expert cap as select_kept's `capacity`.
+        factor = capacity * config.num_experts / max(1, config.num_tokens * config.top_k)
+        cases["select_kept/megatron"] = lambda: moe_utils.apply_router_token_dropping(
+            probs, routing_map, config.top_k, factor, drop_policy="probs"
+        )
+        cases["permute/megatron"] = lambda: moe_utils.permute(x, routing_map, num_out_tokens=num_rows)
+        cases["unpermute/megatron"] = lambda: moe_utils.unpermute(
+            expert_out, sorted_indices, x.shape, probs=probs, routing_map=routing_map
+        )
+        megatron_rows = moe_utils.permute(x, routing_map, num_out_tokens=num_rows)[0]
+        checks["megatron_permute_matches_native"] = bool(torch.equal(megatron_rows, rows))
+    element = x.element_size()
+    pairs = ids.numel()
+    facts = {
+        "num_rows": num_rows,
+        "capacity": capacity,
+        "checks": checks,
+        "megatron_available": moe_utils is not None,
+        "bytes": {
+            "route_layout": pairs * 8 * 2,  # ids in, row_of_pair out
+            "select_kept": pairs * (8 + 4 + 1),  # ids, weights in, mask out
+            "memcpy": 2 * num_rows * config.hidden * element,
+            "permute": 2 * num_rows * config.hidden * element,  # gather rows in, rows out
+            "unpermute": (num_rows + config.num_tokens) * config.hidden * element,  # rows in, tokens out
+        },
+    }
+    return cases, facts
+
+
+def kernel_ratios(timings: dict[str, Timing]) -> dict[str, dict[str, float]]:
+    """Peer ratios per case, from medians of the same interleaved run."""
+
+    def median(name: str) -> float | None:
+        return timings[name].median if name in timings else None
+
+    ratios: dict[str, dict[str, float]] = {}
+    for case in timings:
+        op, _, peer = case.partition("/")
+        if peer != "native":
+            continue
+        native = timings[case].median
+        found: dict[str, float] = {}
+        for other in ("reference", "megatron"):
+            other_median = median(f"{op}/{other}")
+            if other_median is not None:
+                found[f"speedup_vs_{other}"] = other_median / native
+        if op == "permute":
+            memcpy = median("memcpy")
+            if memcpy is not None:
+                found["bandwidth_vs_memcpy"] = memcpy / native  # same bytes, so a GB/s ratio
+            megatron = median("permute/megatron")
+            if megatron is not None:  # Megatron's permute derives its indices itself: charge ours the layout
+                found["speedup_vs_megatron_incl_layout"] = megatron / (native + timings["route_layout/native"].median)
+        ratios[case] = found
+    return ratios
+
+
+def run_kernels(config: KernelBenchConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Runs the kernel benchmark; returns ``{"config", "facts", "records", "table"}``."""
+    cases, facts = build_cases(config)
+    with progress_task("kernels", config.warmup + config.repeats, progress) as advance:
+        timings = measure_interleaved(cases, repeats=config.repeats, warmup=config.warmup, on_round=advance)
+    ratios = kernel_ratios(timings)
+    shape = asdict(config)
+    shape["torch_threads"] = torch.get_num_threads()
+    records = []
+    for name, timing in timings.items():
+        op = name.partition("/")[0]
+        records.append(
+            timing_record("kernels", name, timing, config=shape, bytes_moved=facts["bytes"][op], ratios=ratios.get(name))
+        )
+    return {"config": shape, "facts": facts, "records": records, "table": kernel_table(records)}
+
+
+def kernel_table(records: list[dict[str, Any]]) -> str:
+    """Markdown: one row per case with median/p10/p90 ms, GB/s and its ratios."""
+    rows = []
+    for record in records:
+        ratio_text = ", ".join(f"{key} {value:.2f}x" for key, value in record["ratios"].items())
+        rows.append([record["name"], ms(record["median_s"]), ms(record["p10_s"]), ms(record["p90_s"]),
+                     record.get("gb_per_s"), ratio_text or "-"])
+    return markdown_table(["case", "median ms", "p10 ms", "p90 ms", "GB/s", "ratios (same run)"], rows)

