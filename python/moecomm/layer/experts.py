@@ -1,7 +1,9 @@
 """SwiGLU expert FFNs over rows grouped by expert, as one grouped matmul per projection.
 
 torch >= 2.10 ships ``torch.nn.functional.grouped_mm`` with a CPU kernel (float32/float16/bfloat16, int32
-offsets, empty groups allowed); it is used when present. Otherwise a loop runs over the non-empty experts only.
+offsets, empty groups allowed). It needs the row strides of both operands to be multiples of 16 bytes
+(H and I multiples of 4 in float32, of 8 in 16-bit types); it is used whenever that holds. Otherwise a
+loop runs over the non-empty experts only.
 """
 
 from __future__ import annotations
@@ -21,6 +23,23 @@ def native_grouped_mm() -> GroupedMM | None:
     return getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 
 
+GROUPED_MM_ALIGNMENT_BYTES = 16
+
+
+def can_use_grouped_mm(rows: torch.Tensor, weights: torch.Tensor) -> bool:
+    """True if torch's grouped matmul exists and takes ``rows [N, D_in]`` and ``weights [E, D_out, D_in]``."""
+    if native_grouped_mm() is None or rows.device.type != "cpu":
+        return False
+    row_bytes = rows.shape[1] * rows.element_size()
+    return (
+        row_bytes % GROUPED_MM_ALIGNMENT_BYTES == 0
+        and rows.stride(1) == 1
+        and rows.stride(0) == rows.shape[1]
+        and weights.stride(2) == 1
+        and (weights.stride(1) * weights.element_size()) % GROUPED_MM_ALIGNMENT_BYTES == 0
+    )
+
+
 def grouped_linear(
     rows: torch.Tensor, weights: torch.Tensor, tokens_per_expert: torch.Tensor, *, use_native: bool = True
 ) -> torch.Tensor:
@@ -30,15 +49,14 @@ def grouped_linear(
         rows: ``[N, D_in]`` float, N = tokens_per_expert.sum().
         weights: ``[E, D_out, D_in]`` same dtype as rows (nn.Linear layout per expert).
         tokens_per_expert: ``[E]`` int64 counts (zeros allowed).
-        use_native: use torch's grouped matmul when available; False forces the per-expert loop.
+        use_native: use torch's grouped matmul when it takes these operands; False forces the per-expert loop.
 
     Returns:
         ``[N, D_out]`` in rows' dtype.
     """
-    grouped_mm = native_grouped_mm() if use_native else None
-    if grouped_mm is not None and rows.device.type == "cpu":
+    if use_native and can_use_grouped_mm(rows, weights):
         offsets = torch.cumsum(tokens_per_expert, dim=0).to(torch.int32)
-        return grouped_mm(rows, weights.transpose(-2, -1), offs=offsets)
+        return native_grouped_mm()(rows, weights.transpose(-2, -1), offs=offsets)
     out = rows.new_empty(rows.shape[0], weights.shape[1])
     ends = torch.cumsum(tokens_per_expert, dim=0).tolist()
     for expert in torch.nonzero(tokens_per_expert).flatten().tolist():
@@ -62,7 +80,9 @@ def check_experts_args(
     if w2.shape != (num_experts, hidden, two_inter // 2):
         raise ValueError(f"w2: expected shape {[num_experts, hidden, two_inter // 2]} (from w13), got {list(w2.shape)}")
     if tokens_per_expert.shape[0] != num_experts:
-        raise ValueError(f"tokens_per_expert: expected {num_experts} counts (experts in w13), got {tokens_per_expert.shape[0]}")
+        raise ValueError(
+            f"tokens_per_expert: expected {num_experts} counts (experts in w13), got {tokens_per_expert.shape[0]}"
+        )
     for name, weight in (("w13", w13), ("w2", w2)):
         if weight.dtype != rows.dtype:
             raise TypeError(f"{name}: expected the dtype of rows ({rows.dtype}), got {weight.dtype}")
@@ -95,6 +115,7 @@ def swiglu_experts(
     """
     check_experts_args(rows, tokens_per_expert, w13, w2)
     tokens_per_expert = tokens_per_expert.to(torch.int64)
+    rows = rows.contiguous()
     gate_up = grouped_linear(rows, w13, tokens_per_expert, use_native=use_native)
     gate, up = gate_up.chunk(2, dim=-1)
     return grouped_linear(F.silu(gate) * up, w2, tokens_per_expert, use_native=use_native)

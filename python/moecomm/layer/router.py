@@ -2,7 +2,9 @@
 
 Covers the routings of Mixtral / Qwen-MoE (softmax, top-k, optional renormalisation) and DeepSeek-V3
 (sigmoid, score-correction bias, grouped top-k over ``n_group`` groups keeping ``topk_group`` of them,
-renormalisation and a routed scaling factor). Routing runs in float32 whatever the input dtype.
+renormalisation and a routed scaling factor). Scoring runs in float32; the gate's logits are computed in
+the parameters' dtype (as Mixtral / Qwen do) or, with ``fp32_logits``, in float32 (as DeepSeek-V3 does), so
+16-bit models pick the same experts as the blocks they replace.
 """
 
 from __future__ import annotations
@@ -79,12 +81,15 @@ def select_experts(
     scores = torch.softmax(logits, dim=-1) if scoring == "softmax" else logits.sigmoid()
     scores_for_choice = scores
     if score_correction_bias is not None:
-        bias = check_tensor("score_correction_bias", score_correction_bias, dim=1, dtypes=ACTIVATION_DTYPES, cpu_only=False)
+        bias = check_tensor(
+            "score_correction_bias", score_correction_bias, dim=1, dtypes=ACTIVATION_DTYPES, cpu_only=False
+        )
         if bias.shape[0] != num_experts:
             raise ValueError(f"score_correction_bias: expected shape [{num_experts}], got {list(bias.shape)}")
         scores_for_choice = scores + bias.float()
     if n_group is not None and n_group > 1:
-        scores_for_choice = mask_to_best_groups(scores_for_choice, n_group, topk_group, score_correction_bias is not None)
+        sum_top2 = score_correction_bias is not None
+        scores_for_choice = mask_to_best_groups(scores_for_choice, n_group, topk_group, sum_top2)
     if n_group is not None or score_correction_bias is not None:
         # the DeepSeek-V3 path: choose with the corrected scores, weigh with the plain ones
         topk_ids = torch.topk(scores_for_choice, k=top_k, dim=-1, sorted=False)[1]
@@ -122,7 +127,8 @@ class TopKRouter(nn.Module):
     """Linear gate plus :func:`select_experts`; replicated on every EP rank.
 
     Holds ``weight [E, H]`` and, with ``use_score_correction_bias``, the buffer
-    ``e_score_correction_bias [E]`` float32 (the names HuggingFace uses).
+    ``e_score_correction_bias [E]`` float32 (the names HuggingFace uses). ``fp32_logits`` computes the
+    gate's logits in float32 (else in the weight's dtype).
     """
 
     def __init__(
@@ -137,6 +143,7 @@ class TopKRouter(nn.Module):
         topk_group: int | None = None,
         use_score_correction_bias: bool = False,
         routed_scaling_factor: float = 1.0,
+        fp32_logits: bool = False,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
@@ -151,6 +158,7 @@ class TopKRouter(nn.Module):
         self.n_group = n_group
         self.topk_group = topk_group
         self.routed_scaling_factor = float(routed_scaling_factor)
+        self.fp32_logits = bool(fp32_logits)
         self.weight = nn.Parameter(torch.empty(num_experts, hidden_size, dtype=dtype))
         if use_score_correction_bias:
             self.register_buffer("e_score_correction_bias", torch.zeros(num_experts, dtype=torch.float32))
@@ -176,7 +184,10 @@ class TopKRouter(nn.Module):
         x = check_tensor("x", x, dim=2, dtypes=ACTIVATION_DTYPES, cpu_only=False)
         if x.shape[1] != self.hidden_size:
             raise ValueError(f"x: expected hidden size {self.hidden_size} in the last dim, got shape {list(x.shape)}")
-        router_logits = F.linear(x.float(), self.weight.float())
+        if self.fp32_logits:
+            router_logits = F.linear(x.float(), self.weight.float())
+        else:
+            router_logits = F.linear(x.to(self.weight.dtype), self.weight)
         return select_experts(
             router_logits,
             self.top_k,
@@ -193,5 +204,5 @@ class TopKRouter(nn.Module):
         return (
             f"hidden_size={self.hidden_size}, num_experts={self.num_experts}, top_k={self.top_k}, "
             f"scoring={self.scoring}, renormalize={self.renormalize}{groups}, "
-            f"routed_scaling_factor={self.routed_scaling_factor}"
+            f"routed_scaling_factor={self.routed_scaling_factor}, fp32_logits={self.fp32_logits}"
         )
