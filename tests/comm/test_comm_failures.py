@@ -1,0 +1,38 @@
+"""run_local and the dispatchers never hang: failures and timeouts raise, naming the rank and the step."""
+
+from __future__ import annotations
+
+import pytest
+from comm_workers import exit_mid_step, raise_on_rank, rank_identity, sleep_on_rank
+
+from moecomm.comm.launch import LocalRunError, run_local
+
+
+def test_comm_run_local_returns_in_rank_order() -> None:
+    assert run_local(rank_identity, 2, 10, timeout_s=90.0) == [(0, 2, 10, 1), (1, 2, 11, 1)]
+
+
+def test_comm_run_local_names_failing_rank_with_traceback() -> None:
+    with pytest.raises(LocalRunError) as info:
+        run_local(raise_on_rank, 2, 1, timeout_s=90.0)
+    assert info.value.failed_ranks == [1]
+    assert info.value.results == {0: 0}
+    assert "rank 1 raised" in str(info.value) and "KeyError" in str(info.value) and "boom on 1" in str(info.value)
+
+
+def test_comm_run_local_hard_timeout_kills_and_names_ranks() -> None:
+    with pytest.raises(LocalRunError) as info:
+        run_local(sleep_on_rank, 2, 0, 600.0, timeout_s=15.0)
+    assert 0 in info.value.failed_ranks
+    assert "did not finish (timed out" in str(info.value)
+
+
+@pytest.mark.parametrize("dispatcher", ["alltoallv", "allgather"])
+def test_comm_rank_exit_mid_step_raises_naming_step(dispatcher: str) -> None:
+    case = {"config": {"dispatcher": dispatcher}, "tokens": [8, 8], "seed": 0, "hidden": 4, "experts": 4, "top_k": 2}
+    with pytest.raises(LocalRunError) as info:
+        run_local(exit_mid_step, 2, case, 3.0, timeout_s=90.0, group_timeout_s=3.0)
+    assert info.value.failed_ranks == [1]
+    assert "rank 1 exited with code 0 without a result" in str(info.value)
+    error = info.value.results[0]["error"]
+    assert error.startswith("CommStepError") and f"rank 0: {dispatcher} dispatch step 'count exchange' failed" in error
