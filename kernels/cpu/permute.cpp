@@ -1,6 +1,10 @@
 // permute: scatter each token's row to its (token, k) pairs' expert-major rows.
 #include <cstring>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "moecomm/cpu_kernels.h"
 #include "parallel.h"
 
@@ -20,6 +24,36 @@ inline void copy_row(char* dst, const char* src, int64_t hidden, int64_t src_str
   }
 }
 
+// Outputs larger than this bypass the cache with streaming stores: they cannot stay cached anyway,
+// and skipping the read-for-ownership of every destination line saves a third of the traffic.
+constexpr int64_t kStreamingOutputBytes = int64_t{32} << 20;
+
+// Copies `bytes` bytes with non-temporal stores when both sizes and dst allow it, else memcpy.
+inline void copy_row_streaming(char* dst, const char* src, int64_t bytes) {
+#if defined(__SSE2__)
+  if ((reinterpret_cast<uintptr_t>(dst) & 15) == 0 && (bytes & 63) == 0) {
+    for (int64_t i = 0; i < bytes; i += 64) {
+      const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 16));
+      const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 32));
+      const __m128i d = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 48));
+      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), a);
+      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 16), b);
+      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 32), c);
+      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 48), d);
+    }
+    return;
+  }
+#endif
+  std::memcpy(dst, src, static_cast<size_t>(bytes));
+}
+
+inline void streaming_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
 }  // namespace
 
 int64_t permute(const void* x, int64_t num_tokens, int64_t hidden, int64_t x_stride_token,
@@ -33,14 +67,21 @@ int64_t permute(const void* x, int64_t num_tokens, int64_t hidden, int64_t x_str
   char* dst = static_cast<char*>(out);
   const int64_t row_bytes = hidden * static_cast<int64_t>(elem_size);
   const int64_t token_bytes = x_stride_token * static_cast<int64_t>(elem_size);
+  const bool streaming = x_stride_hidden == 1 && num_rows * row_bytes >= kStreamingOutputBytes;
   parallel_for(num_tokens, num_threads, 16, [&](int64_t t0, int64_t t1, int64_t) {
     for (int64_t t = t0; t < t1; ++t) {
       const char* x_row = src + t * token_bytes;
       for (int64_t k = 0; k < top_k; ++k) {
         const int64_t row = row_of_pair[t * top_k + k];
-        if (row >= 0) copy_row(dst + row * row_bytes, x_row, hidden, x_stride_hidden, elem_size);
+        if (row < 0) continue;
+        if (streaming) {
+          copy_row_streaming(dst + row * row_bytes, x_row, row_bytes);
+        } else {
+          copy_row(dst + row * row_bytes, x_row, hidden, x_stride_hidden, elem_size);
+        }
       }
     }
+    if (streaming) streaming_fence();
   });
   return kOk;
 }

@@ -74,3 +74,17 @@ def test_unpermute_with_mask_zeroes_tokens_without_kept_pairs():
     out = ops.unpermute(ops.permute(x, layout, is_kept), layout, torch.ones(2, 2), is_kept)
     torch.testing.assert_close(out[0], x[0])
     assert bool((out[1] == 0).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_large_permute_takes_the_streaming_store_path(dtype):
+    """Outputs past 32 MiB use non-temporal stores; they must still equal the reference exactly."""
+    torch.manual_seed(2)
+    ids = torch.randint(0, 16, (2048, 8))
+    x = torch.randn(2048, 2048).to(dtype)
+    layout = ops.route_layout(ids, 16)
+    rows = ops.permute(x, layout)
+    assert rows.numel() * rows.element_size() >= 32 << 20
+    assert torch.equal(rows, reference.permute(x, reference.route_layout(ids, 16)))
+    is_kept = ops.select_kept(ids, None, 16, capacity=900)
+    assert torch.equal(ops.permute(x, layout, is_kept), reference.permute(x, layout, is_kept))
