@@ -88,3 +88,23 @@ def test_large_permute_takes_the_streaming_store_path(dtype):
     assert torch.equal(rows, reference.permute(x, reference.route_layout(ids, 16)))
     is_kept = ops.select_kept(ids, None, 16, capacity=900)
     assert torch.equal(ops.permute(x, layout, is_kept), reference.permute(x, layout, is_kept))
+
+
+def test_out_buffers_are_filled_and_checked():
+    torch.manual_seed(3)
+    ids = torch.randint(0, 8, (32, 2))
+    x = torch.randn(32, 6)
+    weights = torch.rand(32, 2)
+    layout = ops.route_layout(ids, 8)
+    rows_out = torch.full((64, 6), float("nan"))
+    assert ops.permute(x, layout, out=rows_out) is rows_out
+    assert torch.equal(rows_out, reference.permute(x, layout))
+    tokens_out = torch.full((32, 6), float("nan"))
+    assert ops.unpermute(rows_out, layout, weights, out=tokens_out) is tokens_out
+    torch.testing.assert_close(tokens_out, reference.unpermute(rows_out, layout, weights))
+    with pytest.raises(ValueError, match="out"):
+        ops.permute(x, layout, out=torch.empty(63, 6))
+    with pytest.raises(TypeError, match="out"):
+        ops.permute(x, layout, out=torch.empty(64, 6, dtype=torch.float16))
+    with pytest.raises(ValueError, match="out"):
+        ops.unpermute(rows_out, layout, weights, out=torch.empty(6, 32).t())
