@@ -1,0 +1,111 @@
+"""End-to-end tests of the vLLM plugin: offline engines and ``vllm serve`` on tiny MoE checkpoints.
+
+Each engine runs in its own process group (vLLM spawns workers), bounded by a timeout and killed afterwards.
+Outputs are compared as prompt logprobs (log-softmax of the logits), not sampled tokens.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+if importlib.util.find_spec("vllm") is None:
+    pytest.skip("vllm is not installed", allow_module_level=True)
+
+from vllm_procs import free_port, run_bounded, run_driver, server_cmd, serve_one_completion  # noqa: E402
+from vllm_tiny_models import prompts, write_tiny_moe  # noqa: E402
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(900)]
+
+ACTIVE_LINE = "MoE expert parallel through moecomm"
+INACTIVE_LINE = "--enable-expert-parallel is not set"
+TOLERANCE = 1e-4  # float32 end to end; observed differences are ~3e-6
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("moe_models")
+    return {arch: write_tiny_moe(str(root / arch), arch) for arch in ("mixtral", "qwen3_moe")}
+
+
+@pytest.fixture(scope="module")
+def runs(models, tmp_path_factory):
+    """Memoised driver runs: (arch, tp, ep, moecomm settings) -> (result, log)."""
+    cache: dict = {}
+    out_dir = tmp_path_factory.mktemp("runs")
+
+    def run(arch: str, tp: int, ep: bool, moecomm: dict | None = None):
+        key = (arch, tp, ep, repr(moecomm))
+        if key not in cache:
+            spec = {"model": models[arch], "tp": tp, "ep": ep, "prompts": prompts(),
+                    "additional_config": {"moecomm": moecomm} if moecomm is not None else {},
+                    "out": str(out_dir / f"run{len(cache)}.json"), "max_tokens": 2}
+            cache[key] = run_driver(spec, timeout_s=400)
+        return cache[key]
+
+    return run
+
+
+def assert_same_logprobs(actual: list, expected: list) -> None:
+    assert len(actual) == len(expected)
+    compared = 0
+    for prompt, got, want in zip(prompts(), actual, expected):
+        positions = zip(got["prompt_logprobs"], want["prompt_logprobs"])
+        for position, (got_lp, want_lp) in enumerate(positions):
+            if want_lp is None:
+                assert got_lp is None
+                continue
+            assert str(prompt[position]) in got_lp and str(prompt[position]) in want_lp
+            for token, value in want_lp.items():
+                if token in got_lp:
+                    assert abs(got_lp[token] - value) <= TOLERANCE, (position, token, got_lp[token], value)
+                    compared += 1
+    assert compared >= sum(len(p) - 1 for p in prompts())
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "qwen3_moe"])
+def test_vllm_tp1_moecomm_equals_in_tree(runs, arch):
+    in_tree, in_tree_log = runs(arch, tp=1, ep=False)
+    through_moecomm, moecomm_log = runs(arch, tp=1, ep=True, moecomm={"dispatcher": "alltoallv"})
+    assert INACTIVE_LINE in in_tree_log and ACTIVE_LINE not in in_tree_log
+    assert ACTIVE_LINE in moecomm_log
+    assert_same_logprobs(through_moecomm, in_tree)
+
+
+def test_vllm_tp2_expert_parallel_equals_dense_reference(runs):
+    dense, _ = runs("mixtral", tp=1, ep=False)  # one process, all experts, vLLM's own MoE kernel
+    result, log = runs("mixtral", tp=2, ep=True, moecomm={"dispatcher": "alltoallv", "log_stats_every": 1})
+    assert "EP rank 0/2" in log and "EP rank 1/2" in log
+    assert all(len(r["generated"]) == 2 for r in result)
+    assert "moecomm drop stats" in log and "dropped share 0.0000" in log
+    assert_same_logprobs(result, dense)
+
+
+def _drop_shares(log: str) -> list[float]:
+    return [float(line.split("dropped share ")[1].split()[0]) for line in log.splitlines() if "dropped share" in line]
+
+
+def test_vllm_serve_answers_completion_with_drops(models):
+    port = free_port()
+    settings = {"moecomm": {"dispatcher": "alltoallv", "token_drop_ratio": 0.2, "log_stats_every": 1}}
+    env = dict(os.environ, VLLM_CPU_OMP_THREADS_BIND="0|1")
+    prompt = prompts(1, length=20)[0]
+    response, log = serve_one_completion(
+        server_cmd(models["mixtral"], port, tp=2, additional_config=settings), port,
+        {"model": models["mixtral"], "prompt": prompt, "max_tokens": 3, "temperature": 0}, timeout_s=400, env=env,
+    )
+    assert response["usage"]["prompt_tokens"] == len(prompt)
+    assert response["usage"]["completion_tokens"] == 3
+    shares = _drop_shares(log)
+    assert shares and max(shares) > 0.1, log[-4000:]  # the 20-token prefill drops ~20% of its pairs
+    assert all(share <= 0.2 + 1e-9 for share in shares)
+
+
+def test_vllm_serve_bad_additional_config_exits_with_message(models):
+    port = free_port()
+    cmd = server_cmd(models["mixtral"], port, tp=2, additional_config={"moecomm": {"dispatcher": "alltoallx"}})
+    code, log = run_bounded(cmd, timeout_s=300, env=dict(os.environ, VLLM_CPU_OMP_THREADS_BIND="0|1"))
+    assert code != 0
+    assert 'key "moecomm": dispatcher: expected one of \'alltoallv\', \'alltoall\', \'allgather\', got \'alltoallx\'' in log

