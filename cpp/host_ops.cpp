@@ -26,6 +26,20 @@ std::string pair_string(int64_t flat, int64_t top_k) {
   return s.str();
 }
 
+}  // namespace
+
+std::string dtype_name(int dtype) {
+  switch (dtype) {
+    case kF32: return "float32";
+    case kF16: return "float16";
+    case kBF16: return "bfloat16";
+    case kI32: return "int32";
+    case kI64: return "int64";
+    case kBool: return "bool";
+  }
+  return "unknown dtype code " + std::to_string(dtype);
+}
+
 // Large fresh outputs fault in 4 KiB pages one by one, which costs more than the copy itself.
 // Asking for transparent huge pages on the 2 MiB-aligned interior of the buffer before the kernel
 // first touches it removes most of those faults. Advice only: failure or a non-Linux host is fine.
@@ -40,20 +54,6 @@ void advise_huge_pages(const TensorArg& out) {
 #else
   (void)out;
 #endif
-}
-
-}  // namespace
-
-std::string dtype_name(int dtype) {
-  switch (dtype) {
-    case kF32: return "float32";
-    case kF16: return "float16";
-    case kBF16: return "bfloat16";
-    case kI32: return "int32";
-    case kI64: return "int64";
-    case kBool: return "bool";
-  }
-  return "unknown dtype code " + std::to_string(dtype);
 }
 
 std::string shape_string(const std::vector<int64_t>& shape) {
@@ -256,6 +256,24 @@ void unpack_padded(const TensorArg& buffer, const TensorArg& counts, const Tenso
   if (bad != cpu::kOk) {
     fail(counts, "expected every count in [0, " + std::to_string(buffer.size(1)) + "] summing to the " +
                      std::to_string(out.size(0)) + " output rows (first bad bucket " + std::to_string(bad) + ")");
+  }
+}
+
+void regroup_blocks(const TensorArg& rows, const TensorArg& block_rows, const TensorArg& out, int num_threads) {
+  check_tensor(rows, 2, {kF32, kF16, kBF16});
+  check_tensor(block_rows, 2, {kI64});
+  check_contiguous(block_rows);
+  check_tensor(out, 2, {rows.dtype});
+  check_contiguous(out);
+  check_shape(out, rows.shape);
+  advise_huge_pages(out);
+  const int64_t bad = cpu::regroup_blocks(rows.ptr<const void>(), rows.size(0), rows.size(1), rows.stride(0),
+                                          rows.stride(1), cpu::element_size(rows.scalar_type()),
+                                          block_rows.ptr<const int64_t>(), block_rows.size(0),
+                                          block_rows.size(1), out.ptr<void>(), num_threads);
+  if (bad != cpu::kOk) {
+    fail(block_rows, "expected non-negative block sizes summing to the " + std::to_string(rows.size(0)) +
+                         " rows (first bad block " + std::to_string(bad) + ")");
   }
 }
 

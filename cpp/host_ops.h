@@ -28,4 +28,11 @@ void pack_padded(const TensorArg& rows, const TensorArg& counts, const TensorArg
 void unpack_padded(const TensorArg& buffer, const TensorArg& counts, const TensorArg& out,
                    int num_threads);
 
+// rows [N,H] in (outer, inner) block order with block_rows [outer, inner] int64 -> out [N,H] in
+// (inner, outer) block order.
+void regroup_blocks(const TensorArg& rows, const TensorArg& block_rows, const TensorArg& out, int num_threads);
+
+// Asks the OS for transparent huge pages on a large, not yet touched buffer (a no-op elsewhere).
+void advise_huge_pages(const TensorArg& out);
+
 }  // namespace moecomm::host

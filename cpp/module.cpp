@@ -39,6 +39,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("num_threads"), release);
   m.def("unpermute", &moecomm::host::unpermute, py::arg("y"), py::arg("row_of_pair"),
         py::arg("topk_weights"), py::arg("out"), py::arg("num_threads"), release);
+  m.def("regroup_blocks", &moecomm::host::regroup_blocks, py::arg("rows"), py::arg("block_rows"), py::arg("out"),
+        py::arg("num_threads"), release);
+  m.def("advise_huge_pages", &moecomm::host::advise_huge_pages, py::arg("out"), release);
   m.def("pack_padded", &moecomm::host::pack_padded, py::arg("rows"), py::arg("counts"), py::arg("out"),
         py::arg("num_threads"), release);
   m.def("unpack_padded", &moecomm::host::unpack_padded, py::arg("buffer"), py::arg("counts"),

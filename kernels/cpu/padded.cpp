@@ -2,6 +2,7 @@
 #include <cstring>
 #include <vector>
 
+#include "copy.h"
 #include "moecomm/cpu_kernels.h"
 #include "parallel.h"
 
@@ -19,21 +20,6 @@ int64_t bucket_offsets(const int64_t* counts, int64_t num_buckets, int64_t capac
     if (first_row[b + 1] > num_rows) return b;
   }
   return first_row[num_buckets] == num_rows ? kOk : num_buckets;
-}
-
-// Copies `count` rows of `hidden` elements from a strided source into a contiguous destination.
-void copy_rows(char* dst, const char* src, int64_t count, int64_t hidden, int64_t stride_row,
-               int64_t stride_hidden, size_t elem_size) {
-  const int64_t es = static_cast<int64_t>(elem_size);
-  for (int64_t r = 0; r < count; ++r) {
-    const char* s = src + r * stride_row * es;
-    char* d = dst + r * hidden * es;
-    if (stride_hidden == 1) {
-      std::memcpy(d, s, static_cast<size_t>(hidden * es));
-    } else {
-      for (int64_t h = 0; h < hidden; ++h) std::memcpy(d + h * es, s + h * stride_hidden * es, elem_size);
-    }
-  }
 }
 
 }  // namespace

@@ -5,24 +5,13 @@
 #include <emmintrin.h>
 #endif
 
+#include "copy.h"
 #include "moecomm/cpu_kernels.h"
 #include "parallel.h"
 
 namespace moecomm::cpu {
 
 namespace {
-
-// Copies one row of `hidden` elements; dst is contiguous, src has element stride src_stride.
-inline void copy_row(char* dst, const char* src, int64_t hidden, int64_t src_stride,
-                     size_t elem_size) {
-  if (src_stride == 1) {
-    std::memcpy(dst, src, static_cast<size_t>(hidden) * elem_size);
-    return;
-  }
-  for (int64_t h = 0; h < hidden; ++h) {
-    std::memcpy(dst + h * elem_size, src + h * src_stride * static_cast<int64_t>(elem_size), elem_size);
-  }
-}
 
 // Outputs larger than this bypass the cache with streaming stores: they cannot stay cached anyway,
 // and skipping the read-for-ownership of every destination line saves a third of the traffic.

@@ -61,3 +61,10 @@ def pack_padded(rows: TensorArg, counts: TensorArg, out: TensorArg, num_threads:
 
 def unpack_padded(buffer: TensorArg, counts: TensorArg, out: TensorArg, num_threads: int) -> None:
     """buffer [B,capacity,H]; counts [B] int64; out [sum(counts),H] contiguous."""
+
+def regroup_blocks(rows: TensorArg, block_rows: TensorArg, out: TensorArg, num_threads: int) -> None:
+    """rows [N,H] in (outer, inner) block order; block_rows [outer, inner] int64; out [N,H] contiguous
+    receives the blocks in (inner, outer) order."""
+
+def advise_huge_pages(out: TensorArg) -> None:
+    """Asks for transparent huge pages on a large untouched buffer (Linux; no-op elsewhere)."""

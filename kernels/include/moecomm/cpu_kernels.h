@@ -72,4 +72,11 @@ int64_t unpack_padded(const void* buffer, int64_t num_buckets, int64_t capacity,
                       size_t elem_size, const int64_t* counts, void* out, int64_t num_rows,
                       int num_threads);
 
+// Reorders row blocks: rows [N, H] (strides given) hold blocks in (outer, inner) order with
+// block_rows [num_outer, num_inner] rows each; out [N, H] contiguous receives them in (inner, outer)
+// order. Returns kOk, the first bad block index, or num_outer*num_inner if the blocks do not sum to N.
+int64_t regroup_blocks(const void* rows, int64_t num_rows, int64_t hidden, int64_t stride_row,
+                       int64_t stride_hidden, size_t elem_size, const int64_t* block_rows,
+                       int64_t num_outer, int64_t num_inner, void* out, int num_threads);
+
 }  // namespace moecomm::cpu

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from moecomm import ops
-from moecomm.comm.base import Dispatcher, regroup_index
+from moecomm.comm.base import Dispatcher
 from moecomm.comm.handle import DispatchHandle
 
 
@@ -24,13 +24,11 @@ class AlltoallHandle(DispatchHandle):
         pair_capacity: rows per (source, destination) buffer.
         send_counts: ``[R]`` int64 valid rows this rank sent to each rank.
         recv_counts: ``[R]`` int64 valid rows this rank received from each rank.
-        regroup: ``[N_recv]`` int64 index, (source, expert) order -> (expert, source) order.
     """
 
     pair_capacity: int
     send_counts: torch.Tensor
     recv_counts: torch.Tensor
-    regroup: torch.Tensor
 
 
 class AlltoallDispatcher(Dispatcher):
@@ -71,22 +69,19 @@ class AlltoallDispatcher(Dispatcher):
         recv_counts = received.sum(dim=1)
         send_buffer = ops.pack_padded(ops.permute(x, plan.layout), send_counts, capacity)  # [R, C, H]
         recv_buffer = self.ep.all_to_all("dispatch", "padded row exchange", send_buffer, self.world_size)
-        regroup = regroup_index(received)
         handle = AlltoallHandle(
             **self.handle_fields(x.shape[0], plan),
             pair_capacity=capacity,
             send_counts=send_counts,
             recv_counts=recv_counts,
-            regroup=regroup,
         )
-        return ops.unpack_padded(recv_buffer, recv_counts).index_select(0, regroup), handle
+        return self.to_expert_major(ops.unpack_padded(recv_buffer, recv_counts), handle), handle
 
     def combine(self, expert_y: torch.Tensor, handle: AlltoallHandle) -> torch.Tensor:
         """See :meth:`Dispatcher.combine`: ``expert_y [N_recv, H]`` -> ``[T, H]``."""
         self.check_handle(handle, AlltoallHandle)
         expert_y = self.check_expert_output(expert_y, handle)
-        source_major = torch.empty_like(expert_y, memory_format=torch.contiguous_format)
-        source_major.index_copy_(0, handle.regroup, expert_y)
+        source_major = self.to_source_major(expert_y, handle)
         send_buffer = ops.pack_padded(source_major, handle.recv_counts, handle.pair_capacity)
         recv_buffer = self.ep.all_to_all("combine", "padded row exchange", send_buffer, self.world_size)
         return ops.unpermute(ops.unpack_padded(recv_buffer, handle.send_counts), handle.layout, handle.topk_weights)

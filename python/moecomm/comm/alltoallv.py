@@ -7,23 +7,21 @@ from dataclasses import dataclass
 import torch
 
 from moecomm import ops
-from moecomm.comm.base import Dispatcher, regroup_index
+from moecomm.comm.base import Dispatcher
 from moecomm.comm.handle import DispatchHandle
 
 
 @dataclass(frozen=True)
 class AlltoallvHandle(DispatchHandle):
-    """DispatchHandle plus the split sizes and the regroup index of the exchange.
+    """DispatchHandle plus the split sizes of the exchange.
 
     Attributes:
         send_splits: rows this rank sent to each rank (list of R ints).
         recv_splits: rows this rank received from each rank (list of R ints).
-        regroup: ``[N_recv]`` int64 index, (source, expert) order -> (expert, source) order.
     """
 
     send_splits: list[int]
     recv_splits: list[int]
-    regroup: torch.Tensor
 
 
 class AlltoallvDispatcher(Dispatcher):
@@ -44,21 +42,18 @@ class AlltoallvDispatcher(Dispatcher):
         received_rows = self.ep.all_to_all(
             "dispatch", "row exchange", rows, sum(recv_splits), recv_splits, send_splits
         )
-        regroup = regroup_index(received)
         handle = AlltoallvHandle(
             **self.handle_fields(x.shape[0], plan),
             send_splits=send_splits,
             recv_splits=recv_splits,
-            regroup=regroup,
         )
-        return received_rows.index_select(0, regroup), handle
+        return self.to_expert_major(received_rows, handle), handle
 
     def combine(self, expert_y: torch.Tensor, handle: AlltoallvHandle) -> torch.Tensor:
         """See :meth:`Dispatcher.combine`: ``expert_y [N_recv, H]`` -> ``[T, H]``."""
         self.check_handle(handle, AlltoallvHandle)
         expert_y = self.check_expert_output(expert_y, handle)
-        source_major = torch.empty_like(expert_y, memory_format=torch.contiguous_format)
-        source_major.index_copy_(0, handle.regroup, expert_y)
+        source_major = self.to_source_major(expert_y, handle)
         returned = self.ep.all_to_all(
             "combine", "row exchange", source_major, sum(handle.send_splits), handle.send_splits, handle.recv_splits
         )

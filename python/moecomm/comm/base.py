@@ -220,6 +220,18 @@ class Dispatcher:
         """``[R, E_local]`` int64 rows this rank receives from each source rank per local expert."""
         return plan.kept_counts[:, self.local_experts.start : self.local_experts.stop].contiguous()
 
+    def to_expert_major(self, received_rows: torch.Tensor, handle: DispatchHandle) -> torch.Tensor:
+        """Received rows ``[N_recv, H]`` from (source rank, local expert) to (local expert, source rank) order."""
+        if self.world_size == 1:
+            return received_rows
+        return ops.regroup_blocks(received_rows, handle.received_from_rank)
+
+    def to_source_major(self, expert_y: torch.Tensor, handle: DispatchHandle) -> torch.Tensor:
+        """Expert outputs ``[N_recv, H]`` from (local expert, source rank) back to (source rank, local expert)."""
+        if self.world_size == 1:
+            return expert_y
+        return ops.regroup_blocks(expert_y, handle.received_from_rank.t())
+
     # ---- the interface ----
 
     def dispatch(
@@ -247,22 +259,3 @@ class Dispatcher:
         """
         raise NotImplementedError
 
-
-def regroup_index(received_from_rank: torch.Tensor) -> torch.Tensor:
-    """Row index from (source rank, local expert) order to (local expert, source rank) order.
-
-    Args:
-        received_from_rank: ``[R, E_local]`` int64 rows per (source rank, local expert).
-
-    Returns:
-        ``[N]`` int64 ``index`` with ``expert_major = source_major[index]`` (and
-        ``source_major[index] = expert_major`` for the way back).
-    """
-    counts = received_from_rank.to(torch.int64)
-    source_starts = (torch.cumsum(counts.flatten(), 0) - counts.flatten()).view_as(counts)
-    target_counts = counts.t().flatten()  # (local expert, source) order
-    target_starts = source_starts.t().flatten()
-    total = int(target_counts.sum())
-    segment_first_row = torch.cumsum(target_counts, 0) - target_counts
-    within = torch.arange(total, dtype=torch.int64) - torch.repeat_interleave(segment_first_row, target_counts)
-    return torch.repeat_interleave(target_starts, target_counts) + within

@@ -14,12 +14,20 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from moecomm.ops import empty_buffer
+
 # torch >= 2.13 names these *_single (the *_tensor names warn); older torch only has *_tensor.
 _ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 _REDUCE_SCATTER = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 #: Device type a tensor must live on for each process-group backend.
 BACKEND_DEVICE = {"gloo": "cpu", "nccl": "cuda", "hccl": "npu"}
+
+
+def receive_buffer(sent: torch.Tensor, rows: int) -> torch.Tensor:
+    """An uninitialised ``[rows, *S]`` buffer like ``sent [N, *S]`` for a collective to fill."""
+    shape = (rows, *sent.shape[1:])
+    return empty_buffer(shape, sent.dtype) if sent.device.type == "cpu" else sent.new_empty(shape)
 
 
 class CommStepError(RuntimeError):
@@ -105,12 +113,13 @@ class EPGroup:
     ) -> torch.Tensor:
         """Sends rows of ``tensor [N, *S]`` to each rank (``input_splits`` rows each, or equal parts).
 
-        Returns ``[output_rows, *S]``: the rows received from each rank, in rank order.
+        Returns ``[output_rows, *S]``: the rows received from each rank, in rank order (with
+        ``group=None``, ``tensor`` itself: the dispatchers never write to what they sent).
         """
         tensor = tensor.contiguous()
         if self.group is None:
-            return tensor.clone()
-        out = tensor.new_empty((output_rows, *tensor.shape[1:]))
+            return tensor
+        out = receive_buffer(tensor, output_rows)
 
         def action() -> None:
             work = dist.all_to_all_single(

@@ -7,6 +7,7 @@
 | permute | x [T,H], layout, is_kept | [N_kept,H] expert-major |
 | unpermute | y [N_kept,H], layout, topk_weights [T,K], is_kept | [T,H] |
 | pack_padded / unpack_padded | rows [N,H], counts [B], capacity | [B,capacity,H] and back |
+| regroup_blocks | rows [N,H], block_rows [A,B] | [N,H] blocks in (B, A) order |
 | capacity_for_ratio / capacity_from_factor | loads [B] / sizes | int cap |
 
 ``moecomm.ops.reference`` holds a pure-torch version of each with the same signature.
@@ -17,6 +18,7 @@ from moecomm.ops.capacity import capacity_for_ratio, capacity_from_factor, drop_
 from moecomm.ops.layout import RouteLayout, route_layout
 from moecomm.ops.padded import pack_padded, unpack_padded
 from moecomm.ops.permute import permute, unpermute
+from moecomm.ops.regroup import empty_buffer, regroup_blocks
 from moecomm.ops.select import select_kept
 
 __all__ = [
@@ -27,6 +29,8 @@ __all__ = [
     "unpermute",
     "pack_padded",
     "unpack_padded",
+    "regroup_blocks",
+    "empty_buffer",
     "capacity_for_ratio",
     "capacity_from_factor",
     "drop_budget",

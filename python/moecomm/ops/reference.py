@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import torch
 
-from moecomm.ops._checks import check_is_kept, check_topk_ids, check_topology
+from moecomm.ops._checks import ACTIVATION_DTYPES, check_is_kept, check_tensor, check_topk_ids, check_topology
 from moecomm.ops.capacity import capacity_for_ratio, capacity_from_factor, drop_budget
 from moecomm.ops.layout import RouteLayout, tokens_per_rank_of
 from moecomm.ops.padded import check_counts
 from moecomm.ops.permute import check_permute_args, check_row_count, check_unpermute_args, kept_layout
+from moecomm.ops.regroup import check_block_rows
 from moecomm.ops.select import check_select_args
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "unpermute",
     "pack_padded",
     "unpack_padded",
+    "regroup_blocks",
     "capacity_for_ratio",
     "capacity_from_factor",
     "drop_budget",
@@ -127,6 +129,16 @@ def unpack_padded(buffer: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     counts = check_counts(counts, int(counts.sum()), buffer.shape[1], buffer.shape[0])
     parts = [buffer[b, :n] for b, n in enumerate(counts.tolist())]
     return torch.cat(parts) if parts else buffer.new_empty((0, buffer.shape[2]))
+
+
+def regroup_blocks(rows: torch.Tensor, block_rows: torch.Tensor) -> torch.Tensor:
+    """Reference of :func:`moecomm.ops.regroup_blocks`: split into blocks, transpose the grid, concatenate."""
+    check_tensor("rows", rows, dim=2, dtypes=ACTIVATION_DTYPES)
+    blocks = check_block_rows(block_rows, rows.shape[0])
+    pieces = torch.split(rows, blocks.reshape(-1).tolist())
+    num_outer, num_inner = blocks.shape
+    reordered = [pieces[a * num_inner + b] for b in range(num_inner) for a in range(num_outer)]
+    return torch.cat(reordered) if reordered else rows.new_empty((0, rows.shape[1]))
 
 
 def kept_layout_reference(layout: RouteLayout, is_kept: torch.Tensor | None) -> RouteLayout:

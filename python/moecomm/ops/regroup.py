@@ -1,0 +1,51 @@
+"""regroup_blocks: reorder row blocks from (outer, inner) to (inner, outer) order; large fresh buffers."""
+
+from __future__ import annotations
+
+import torch
+
+from moecomm import _C
+from moecomm.ops._checks import ACTIVATION_DTYPES, check_tensor
+from moecomm.ops._native import num_threads, tensor_arg
+
+
+def empty_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised CPU tensor of ``shape``; large ones ask for transparent huge pages.
+
+    Fresh multi-MB buffers otherwise fault in 4 KiB pages one at a time, which costs more than filling
+    them. Use for buffers that a kernel or a collective is about to overwrite whole.
+    """
+    out = torch.empty(shape, dtype=dtype)
+    _C.advise_huge_pages(tensor_arg("out", out))
+    return out
+
+
+def check_block_rows(block_rows: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """Checks ``block_rows [A, B]`` integer, each >= 0, summing to ``num_rows`` -> int64 contiguous."""
+    blocks = check_tensor("block_rows", block_rows, dim=2, dtypes=(torch.int32, torch.int64))
+    blocks = blocks.to(torch.int64).contiguous()
+    if blocks.numel() and int(blocks.min()) < 0:
+        raise ValueError(f"block_rows: expected every block size >= 0, got {int(blocks.min())}")
+    if int(blocks.sum()) != num_rows:
+        raise ValueError(f"block_rows: sum is {int(blocks.sum())}, expected the {num_rows} rows of rows")
+    return blocks
+
+
+def regroup_blocks(rows: torch.Tensor, block_rows: torch.Tensor) -> torch.Tensor:
+    """Reorders blocks of rows from (outer, inner) order to (inner, outer) order.
+
+    The dispatchers receive rows ordered by (source rank, local expert) and hand experts rows ordered
+    by (local expert, source rank); ``regroup_blocks(y, block_rows.t())`` is the way back.
+
+    Args:
+        rows: ``[N, H]`` float32/float16/bfloat16, blocks back to back in (outer, inner) order.
+        block_rows: ``[A, B]`` int32/int64 rows of block (a, b), each >= 0, summing to N.
+
+    Returns:
+        ``[N, H]`` in rows' dtype: block (a, b) moved to position (b, a), rows inside a block unchanged.
+    """
+    rows = check_tensor("rows", rows, dim=2, dtypes=ACTIVATION_DTYPES)
+    blocks = check_block_rows(block_rows, rows.shape[0])
+    out = torch.empty(rows.shape, dtype=rows.dtype)
+    _C.regroup_blocks(tensor_arg("rows", rows), tensor_arg("block_rows", blocks), tensor_arg("out", out), num_threads())
+    return out
