@@ -97,78 +97,75 @@ void check_shape(const TensorArg& t, const std::vector<int64_t>& expected) {
   }
 }
 
-void route_layout(const TensorArg& topk_ids, int64_t num_experts,
-                  const std::optional<TensorArg>& is_kept, const TensorArg& tokens_per_expert,
-                  const TensorArg& row_of_pair, int num_threads) {
+namespace {
+
+// check_tensor + contiguous + exact shape: what every small index/count tensor must satisfy.
+void check_dense(const TensorArg& t, std::initializer_list<int> allowed, const std::vector<int64_t>& shape) {
+  check_tensor(t, static_cast<int64_t>(shape.size()), allowed);
+  check_contiguous(t);
+  check_shape(t, shape);
+}
+
+// Checks topk_ids [T, K] int32/int64 contiguous and num_experts > 0.
+void check_topk_ids(const TensorArg& topk_ids, int64_t num_experts) {
   check_tensor(topk_ids, 2, {kI32, kI64});
   check_contiguous(topk_ids);
   if (num_experts <= 0) throw std::invalid_argument("num_experts: expected > 0, got " + std::to_string(num_experts));
+}
+
+// Calls fn(typed ids pointer) for int32 or int64 ids; raises naming the first id outside [0, E).
+template <typename Fn>
+void run_on_ids(const TensorArg& topk_ids, int64_t num_experts, Fn&& fn) {
+  const int64_t bad = topk_ids.dtype == kI32 ? fn(topk_ids.ptr<const int32_t>()) : fn(topk_ids.ptr<const int64_t>());
+  if (bad != cpu::kOk) {
+    fail(topk_ids, "expert id at " + pair_string(bad, topk_ids.size(1)) + " is outside [0, " +
+                       std::to_string(num_experts) + ")");
+  }
+}
+
+}  // namespace
+
+void route_layout(const TensorArg& topk_ids, int64_t num_experts,
+                  const std::optional<TensorArg>& is_kept, const TensorArg& tokens_per_expert,
+                  const TensorArg& row_of_pair, int num_threads) {
+  check_topk_ids(topk_ids, num_experts);
   const int64_t T = topk_ids.size(0), K = topk_ids.size(1);
   const bool* kept = nullptr;
   if (is_kept) {
-    check_tensor(*is_kept, 2, {kBool});
-    check_contiguous(*is_kept);
-    check_shape(*is_kept, {T, K});
+    check_dense(*is_kept, {kBool}, {T, K});
     kept = is_kept->ptr<const bool>();
   }
-  check_tensor(tokens_per_expert, 1, {kI64});
-  check_contiguous(tokens_per_expert);
-  check_shape(tokens_per_expert, {num_experts});
-  check_tensor(row_of_pair, 2, {kI64});
-  check_contiguous(row_of_pair);
-  check_shape(row_of_pair, {T, K});
-  int64_t bad;
-  if (topk_ids.dtype == kI32) {
-    bad = cpu::route_layout(topk_ids.ptr<const int32_t>(), T, K, num_experts, kept,
-                            tokens_per_expert.ptr<int64_t>(), row_of_pair.ptr<int64_t>(), num_threads);
-  } else {
-    bad = cpu::route_layout(topk_ids.ptr<const int64_t>(), T, K, num_experts, kept,
-                            tokens_per_expert.ptr<int64_t>(), row_of_pair.ptr<int64_t>(), num_threads);
-  }
-  if (bad != cpu::kOk) {
-    fail(topk_ids, "expert id at " + pair_string(bad, K) + " is outside [0, " + std::to_string(num_experts) + ")");
-  }
+  check_dense(tokens_per_expert, {kI64}, {num_experts});
+  check_dense(row_of_pair, {kI64}, {T, K});
+  run_on_ids(topk_ids, num_experts, [&](auto ids) {
+    return cpu::route_layout(ids, T, K, num_experts, kept, tokens_per_expert.ptr<int64_t>(),
+                             row_of_pair.ptr<int64_t>(), num_threads);
+  });
 }
 
 void select_kept(const TensorArg& topk_ids, int64_t num_experts, int64_t experts_per_bucket,
                  const TensorArg& capacity, const std::optional<TensorArg>& topk_weights,
                  const TensorArg& is_kept) {
-  check_tensor(topk_ids, 2, {kI32, kI64});
-  check_contiguous(topk_ids);
-  if (num_experts <= 0) throw std::invalid_argument("num_experts: expected > 0");
+  check_topk_ids(topk_ids, num_experts);
   if (experts_per_bucket <= 0 || num_experts % experts_per_bucket != 0) {
     throw std::invalid_argument("num_ranks: experts per bucket must divide num_experts");
   }
   const int64_t T = topk_ids.size(0), K = topk_ids.size(1);
   const int64_t num_buckets = num_experts / experts_per_bucket;
-  check_tensor(capacity, 1, {kI64});
-  check_contiguous(capacity);
-  check_shape(capacity, {num_buckets});
+  check_dense(capacity, {kI64}, {num_buckets});
   const int64_t* cap = capacity.ptr<const int64_t>();
   for (int64_t b = 0; b < num_buckets; ++b) {
     if (cap[b] < 0) fail(capacity, "expected every capacity >= 0, got " + std::to_string(cap[b]));
   }
   const float* weights = nullptr;
   if (topk_weights) {
-    check_tensor(*topk_weights, 2, {kF32});
-    check_contiguous(*topk_weights);
-    check_shape(*topk_weights, {T, K});
+    check_dense(*topk_weights, {kF32}, {T, K});
     weights = topk_weights->ptr<const float>();
   }
-  check_tensor(is_kept, 2, {kBool});
-  check_contiguous(is_kept);
-  check_shape(is_kept, {T, K});
-  int64_t bad;
-  if (topk_ids.dtype == kI32) {
-    bad = cpu::select_kept(topk_ids.ptr<const int32_t>(), T, K, num_experts, experts_per_bucket, cap,
-                           weights, is_kept.ptr<bool>());
-  } else {
-    bad = cpu::select_kept(topk_ids.ptr<const int64_t>(), T, K, num_experts, experts_per_bucket, cap,
-                           weights, is_kept.ptr<bool>());
-  }
-  if (bad != cpu::kOk) {
-    fail(topk_ids, "expert id at " + pair_string(bad, K) + " is outside [0, " + std::to_string(num_experts) + ")");
-  }
+  check_dense(is_kept, {kBool}, {T, K});
+  run_on_ids(topk_ids, num_experts, [&](auto ids) {
+    return cpu::select_kept(ids, T, K, num_experts, experts_per_bucket, cap, weights, is_kept.ptr<bool>());
+  });
 }
 
 void permute(const TensorArg& x, const TensorArg& row_of_pair, const TensorArg& out,
@@ -199,12 +196,8 @@ void unpermute(const TensorArg& y, const TensorArg& row_of_pair, const TensorArg
   check_tensor(row_of_pair, 2, {kI64});
   check_contiguous(row_of_pair);
   const int64_t T = row_of_pair.size(0), K = row_of_pair.size(1), H = y.size(1);
-  check_tensor(topk_weights, 2, {kF32});
-  check_contiguous(topk_weights);
-  check_shape(topk_weights, {T, K});
-  check_tensor(out, 2, {y.dtype});
-  check_contiguous(out);
-  check_shape(out, {T, H});
+  check_dense(topk_weights, {kF32}, {T, K});
+  check_dense(out, {y.dtype}, {T, H});
   advise_huge_pages(out);
   const int64_t bad = cpu::unpermute(y.ptr<const void>(), y.scalar_type(), y.size(0), H, y.stride(0),
                                      y.stride(1), row_of_pair.ptr<const int64_t>(),
@@ -240,9 +233,7 @@ void pack_padded(const TensorArg& rows, const TensorArg& counts, const TensorArg
 void unpack_padded(const TensorArg& buffer, const TensorArg& counts, const TensorArg& out,
                    int num_threads) {
   check_tensor(buffer, 3, {kF32, kF16, kBF16});
-  check_tensor(counts, 1, {kI64});
-  check_contiguous(counts);
-  check_shape(counts, {buffer.size(0)});
+  check_dense(counts, {kI64}, {buffer.size(0)});
   check_tensor(out, 2, {buffer.dtype});
   check_contiguous(out);
   const int64_t H = buffer.size(2);
@@ -263,9 +254,7 @@ void regroup_blocks(const TensorArg& rows, const TensorArg& block_rows, const Te
   check_tensor(rows, 2, {kF32, kF16, kBF16});
   check_tensor(block_rows, 2, {kI64});
   check_contiguous(block_rows);
-  check_tensor(out, 2, {rows.dtype});
-  check_contiguous(out);
-  check_shape(out, rows.shape);
+  check_dense(out, {rows.dtype}, rows.shape);
   advise_huge_pages(out);
   const int64_t bad = cpu::regroup_blocks(rows.ptr<const void>(), rows.size(0), rows.size(1), rows.stride(0),
                                           rows.stride(1), cpu::element_size(rows.scalar_type()),
