@@ -2,17 +2,26 @@
 
 Peers, all timed in one interleaved run on the same inputs:
 
-- ``native``: ``moecomm.ops`` (the C++ kernels).
+- ``native``: ``moecomm.ops`` (the C++ kernels), returning a fresh output per call.
+- ``native-out``: the same with ``out=`` a preallocated buffer (what a dispatcher reusing buffers gets).
 - ``reference``: ``moecomm.ops.reference`` (pure torch, same signatures).
 - ``megatron``: Megatron-Core's unfused ``moe_utils.permute`` / ``unpermute`` (from a ``[T, E]``
   routing map and probs, ``fused=False``) and ``apply_router_token_dropping`` as the peer of
   ``select_kept``; skipped when megatron-core is not installed.
-- ``memcpy``: ``dst.copy_(src)`` of a contiguous ``[N, H]`` tensor (the size of permute's output) into a
-  preallocated buffer: the same bytes permute reads and writes, with no indexing.
+- ``memcpy/prealloc``: glibc ``memcpy`` (``ctypes.memmove``, one thread) of a contiguous ``[N, H]`` tensor
+  (the size of permute's output) into a preallocated buffer: the bytes permute reads and writes, with no
+  indexing and no allocation.
+- ``memcpy/alloc``: ``torch.empty`` of the output, then the same ``memcpy``: what an op returning a fresh
+  tensor pays at least.
+
+With ``allocator="default"`` a fresh 256 MiB output is a new mmap each call, so every op that returns a
+new tensor pays page faults (on this VM more than the copy itself); ``allocator="reuse"`` (mallopt) lets
+all peers reuse freed memory, which isolates the kernels' own cost.
 """
 
 from __future__ import annotations
 
+import ctypes
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -24,7 +33,7 @@ from moecomm import ops
 from moecomm.bench.progress import progress_task
 from moecomm.bench.report import markdown_table, ms, timing_record
 from moecomm.bench.routing import make_routing
-from moecomm.bench.timing import Timing, measure_interleaved
+from moecomm.bench.timing import Timing, measure_interleaved, set_allocator
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -44,6 +53,7 @@ class KernelBenchConfig:
     warmup: int = 2
     seed: int = 0
     megatron: bool = True
+    allocator: str = "default"
 
 
 def load_megatron_moe_utils() -> Any | None:
@@ -55,6 +65,14 @@ def load_megatron_moe_utils() -> Any | None:
     except Exception:  # noqa: BLE001 - any import failure means "peer not available"
         return None
     return moe_utils
+
+
+def memcpy(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """glibc ``memcpy`` of contiguous ``src`` into contiguous ``dst`` (same shape and dtype, CPU); returns dst."""
+    if not (src.is_contiguous() and dst.is_contiguous()) or dst.shape != src.shape or dst.dtype != src.dtype:
+        raise ValueError("dst: expected a contiguous tensor of src's shape and dtype")
+    ctypes.memmove(dst.data_ptr(), src.data_ptr(), src.numel() * src.element_size())
+    return dst
 
 
 def dense_routing(topk_ids: torch.Tensor, topk_weights: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,16 +103,21 @@ def build_cases(config: KernelBenchConfig) -> tuple[dict[str, Callable[[], objec
     }
     memcpy_src = torch.empty_like(rows).copy_(rows)
     memcpy_dst = torch.empty_like(rows)
+    permute_out = torch.empty_like(rows)
+    unpermute_out = torch.empty_like(x)
 
     cases: dict[str, Callable[[], object]] = {
         "route_layout/native": lambda: ops.route_layout(ids, config.num_experts),
         "route_layout/reference": lambda: ops.reference.route_layout(ids, config.num_experts),
         "select_kept/native": lambda: ops.select_kept(ids, weights, config.num_experts, capacity=capacity, policy="probs"),
         "select_kept/reference": lambda: ops.reference.select_kept(ids, weights, config.num_experts, capacity=capacity, policy="probs"),
-        "memcpy": lambda: memcpy_dst.copy_(memcpy_src),
+        "memcpy/prealloc": lambda: memcpy(memcpy_dst, memcpy_src),
+        "memcpy/alloc": lambda: memcpy(torch.empty_like(memcpy_src), memcpy_src),
         "permute/native": lambda: ops.permute(x, layout),
+        "permute/native-out": lambda: ops.permute(x, layout, out=permute_out),
         "permute/reference": lambda: ops.reference.permute(x, layout),
         "unpermute/native": lambda: ops.unpermute(expert_out, layout, weights),
+        "unpermute/native-out": lambda: ops.unpermute(expert_out, layout, weights, out=unpermute_out),
         "unpermute/reference": lambda: ops.reference.unpermute(expert_out, layout, weights),
     }
     moe_utils = load_megatron_moe_utils() if config.megatron else None
@@ -139,7 +162,7 @@ def kernel_ratios(timings: dict[str, Timing]) -> dict[str, dict[str, float]]:
     ratios: dict[str, dict[str, float]] = {}
     for case in timings:
         op, _, peer = case.partition("/")
-        if peer != "native":
+        if peer not in ("native", "native-out"):
             continue
         native = timings[case].median
         found: dict[str, float] = {}
@@ -147,10 +170,9 @@ def kernel_ratios(timings: dict[str, Timing]) -> dict[str, dict[str, float]]:
             other_median = median(f"{op}/{other}")
             if other_median is not None:
                 found[f"speedup_vs_{other}"] = other_median / native
-        if op == "permute":
-            memcpy = median("memcpy")
-            if memcpy is not None:
-                found["bandwidth_vs_memcpy"] = memcpy / native  # same bytes, so a GB/s ratio
+        if op == "permute":  # memcpy moves the same bytes, so a time ratio is a GB/s ratio
+            found["bandwidth_vs_memcpy"] = timings["memcpy/prealloc"].median / native
+            found["bandwidth_vs_memcpy_alloc"] = timings["memcpy/alloc"].median / native
             megatron = median("permute/megatron")
             if megatron is not None:  # Megatron's permute derives its indices itself: charge ours the layout
                 found["speedup_vs_megatron_incl_layout"] = megatron / (native + timings["route_layout/native"].median)
@@ -160,6 +182,8 @@ def kernel_ratios(timings: dict[str, Timing]) -> dict[str, dict[str, float]]:
 
 def run_kernels(config: KernelBenchConfig, *, progress: bool = True) -> dict[str, Any]:
     """Runs the kernel benchmark; returns ``{"config", "facts", "records", "table"}``."""
+    if not set_allocator(config.allocator):
+        raise RuntimeError(f"allocator: could not apply {config.allocator!r} (needs glibc's mallopt)")
     cases, facts = build_cases(config)
     with progress_task("kernels", config.warmup + config.repeats, progress) as advance:
         timings = measure_interleaved(cases, repeats=config.repeats, warmup=config.warmup, on_round=advance)
@@ -181,5 +205,5 @@ def kernel_table(records: list[dict[str, Any]]) -> str:
     for record in records:
         ratio_text = ", ".join(f"{key} {value:.2f}x" for key, value in record["ratios"].items())
         rows.append([record["name"], ms(record["median_s"]), ms(record["p10_s"]), ms(record["p90_s"]),
-                     record.get("gb_per_s"), ratio_text or "-"])
-    return markdown_table(["case", "median ms", "p10 ms", "p90 ms", "GB/s", "ratios (same run)"], rows)
+                     ms(record["min_s"]), record.get("gb_per_s"), ratio_text or "-"])
+    return markdown_table(["case", "median ms", "p10 ms", "p90 ms", "min ms", "GB/s (median)", "ratios of medians (same run)"], rows)

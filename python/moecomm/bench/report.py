@@ -74,6 +74,7 @@ def timing_record(
         "median_s": timing.median,
         "p10_s": timing.p10,
         "p90_s": timing.p90,
+        "min_s": min(timing.samples),
         "repeats": len(timing.samples),
         "samples_s": list(timing.samples),
     }

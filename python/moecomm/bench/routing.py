@@ -8,7 +8,8 @@ Two modes pick each token's ``top_k`` distinct experts from a popularity distrib
 - ``hot``: expert ``hot_expert`` is ``skew`` times as popular as every other expert (``skew = 1`` is
   uniform); models one runaway expert.
 
-Experts are drawn without replacement (``torch.multinomial``), so a token never picks an expert twice.
+Experts are drawn without replacement in proportion to popularity (the Gumbel-top-k trick: top-k of
+``log p + Gumbel noise``), so a token never picks an expert twice.
 Gate weights are a softmax over random logits, sorted in decreasing order along k (like a router's top-k).
 """
 
@@ -93,10 +94,9 @@ def make_routing(
         num_experts, skew=skew, mode=mode, seed=0 if popularity_seed is None else popularity_seed, hot_expert=hot_expert
     )
     generator = torch.Generator().manual_seed(seed)
-    if num_tokens == 0:
-        ids = torch.empty((0, top_k), dtype=torch.int64)
-    else:
-        ids = torch.multinomial(popularity.float().expand(num_tokens, -1), top_k, replacement=False, generator=generator)
+    uniform = torch.rand((num_tokens, num_experts), generator=generator).clamp_(min=1e-12, max=1 - 1e-7)
+    gumbel = -torch.log(-torch.log(uniform))
+    ids = torch.topk(popularity.float().log().unsqueeze(0) + gumbel, top_k, dim=1).indices
     logits = torch.randn((num_tokens, top_k), generator=generator)
     weights = torch.softmax(logits, dim=1).sort(dim=1, descending=True).values
     return Routing(topk_ids=ids.to(torch.int64), topk_weights=weights.to(torch.float32))

@@ -6,13 +6,15 @@ peers alike, so ratios measured in one run are fair even when absolute times dri
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 
-from moecomm.ops._checks import check_non_negative_int, check_positive_int
+from moecomm.ops._checks import check_choice, check_non_negative_int, check_positive_int
 
 
 @dataclass(frozen=True)
@@ -84,3 +86,23 @@ def measure_interleaved(
         if on_round is not None:
             on_round(round_index)
     return {name: Timing(tuple(values)) for name, values in samples.items()}
+
+
+ALLOCATORS = ("default", "reuse")
+
+
+def set_allocator(mode: str) -> bool:
+    """``"reuse"``: tells glibc malloc to keep freed large blocks (mallopt), so an op that allocates a
+    fresh ``[N, H]`` output per call reuses warm pages instead of page-faulting a new mmap each time.
+    ``"default"``: leaves malloc alone (what a plain process gets). Returns True when the setting applied
+    (False off glibc). Affects only this process, and only allocations made after the call."""
+    check_choice("allocator", mode, ALLOCATORS)
+    if mode == "default":
+        return True
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, (1 << 31) - 1))
