@@ -98,3 +98,22 @@ def test_shared_experts_matches_dense_swiglu(use_gate):
     torch.testing.assert_close(shared(x), expected)
     with pytest.raises(ValueError, match="x: expected hidden size 8"):
         shared(torch.randn(5, 9))
+
+
+@pytest.mark.parametrize("compute_dtype", [None, torch.float32, torch.bfloat16])
+def test_swiglu_experts_compute_dtype_keeps_the_output_dtype_and_accuracy(compute_dtype):
+    torch.manual_seed(5)
+    counts = torch.tensor([3, 0, 9, 4])
+    rows = torch.randn(16, 16).bfloat16()
+    w13 = (torch.randn(4, 32, 16) * 0.2).bfloat16()
+    w2 = (torch.randn(4, 16, 16) * 0.2).bfloat16()
+    out = swiglu_experts(rows, counts, w13, w2, compute_dtype=compute_dtype)
+    assert out.dtype == torch.bfloat16
+    want = reference_swiglu_experts(rows, counts, w13, w2)
+    torch.testing.assert_close(out.double(), want, rtol=3e-2, atol=3e-2)
+
+
+def test_swiglu_experts_rejects_a_bad_compute_dtype():
+    rows, counts = torch.randn(2, 8), torch.tensor([2])
+    with pytest.raises(TypeError, match="compute_dtype"):
+        swiglu_experts(rows, counts, torch.randn(1, 8, 8), torch.randn(1, 8, 4), compute_dtype=torch.int32)

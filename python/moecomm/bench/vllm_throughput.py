@@ -154,8 +154,10 @@ def write_mixtral_checkpoint(model_dir: str, config: VllmBenchConfig) -> str:
                "model.norm.weight": norm(hidden), "lm_head.weight": linear(config.vocab, hidden)}
     for layer in range(config.num_layers):
         p = f"model.layers.{layer}."
-        weights |= {p + "self_attn.q_proj.weight": linear(attn, hidden), p + "self_attn.k_proj.weight": linear(attn, hidden),
-                    p + "self_attn.v_proj.weight": linear(attn, hidden), p + "self_attn.o_proj.weight": linear(hidden, attn),
+        weights |= {p + "self_attn.q_proj.weight": linear(attn, hidden),
+                    p + "self_attn.k_proj.weight": linear(attn, hidden),
+                    p + "self_attn.v_proj.weight": linear(attn, hidden),
+                    p + "self_attn.o_proj.weight": linear(hidden, attn),
                     p + "input_layernorm.weight": norm(hidden), p + "post_attention_layernorm.weight": norm(hidden),
                     p + "block_sparse_moe.gate.weight": linear(config.num_experts, hidden)}
         for e in range(config.num_experts):
@@ -346,7 +348,8 @@ def run_vllm_bench(config: VllmBenchConfig | None = None, *, model_dir: str | No
         model = write_mixtral_checkpoint(model_dir or os.path.join(scratch, "model"), config)
         results: dict[str, tuple[dict[str, Any], str]] = {}
         failures: dict[str, list[str]] = {}
-        with progress_task(f"vllm (TP={config.tensor_parallel}, {len(settings)} engines)", len(settings), progress) as advance:
+        description = f"vllm (TP={config.tensor_parallel}, {len(settings)} engines)"
+        with progress_task(description, len(settings), progress) as advance:
             for name, setting in settings.items():
                 spec = {"model": model, "config": asdict(config), **setting}
                 result, log, failures[name] = run_case_with_retry(name, spec, config, log_dir)
@@ -415,12 +418,15 @@ def add_vllm_arguments(parser: argparse.ArgumentParser) -> None:
     d = VllmBenchConfig()
     add = parser.add_argument
     add("--hidden", type=positive_int, default=d.hidden, help=f"hidden size H (default {d.hidden})")
-    add("--intermediate", type=positive_int, default=d.intermediate, help=f"expert FFN size I (default {d.intermediate})")
+    add("--intermediate", type=positive_int, default=d.intermediate,
+        help=f"expert FFN size I (default {d.intermediate})")
     add("--experts", type=positive_int, default=d.num_experts, help=f"experts E (default {d.num_experts})")
     add("--top-k", type=positive_int, default=d.top_k, help=f"experts per token K (default {d.top_k})")
     add("--layers", type=positive_int, default=d.num_layers, help=f"decoder layers (default {d.num_layers})")
-    add("--tp", type=positive_int, default=d.tensor_parallel, help=f"tensor parallel size = EP size (default {d.tensor_parallel})")
-    add("--drop-ratio", type=drop_ratio, default=d.drop_ratio, help=f"token_drop_ratio of the dropping case, in (0, 1) (default {d.drop_ratio})")
+    add("--tp", type=positive_int, default=d.tensor_parallel,
+        help=f"tensor parallel size = EP size (default {d.tensor_parallel})")
+    add("--drop-ratio", type=drop_ratio, default=d.drop_ratio,
+        help=f"token_drop_ratio of the dropping case, in (0, 1) (default {d.drop_ratio})")
     add("--dtype", choices=tuple(VLLM_DTYPES), default=d.dtype, help=f"weights and activations (default {d.dtype})")
     add("--prompts", type=positive_int, default=d.num_prompts, help=f"prompts per call (default {d.num_prompts})")
     add("--prompt-len", type=positive_int, default=d.prompt_len, help=f"tokens per prompt (default {d.prompt_len})")
@@ -428,7 +434,8 @@ def add_vllm_arguments(parser: argparse.ArgumentParser) -> None:
     add("--warmup", type=non_negative_int, default=d.warmup, help=f"untimed calls first (default {d.warmup})")
     add("--seed", type=non_negative_int, default=d.seed, help=f"weights and prompts seed (default {d.seed})")
     add("--cpu-bind", default=d.cpu_bind, help=f"VLLM_CPU_OMP_THREADS_BIND of each engine (default {d.cpu_bind!r})")
-    add("--timeout", type=positive_float, default=d.timeout_s, help=f"seconds before a case is killed (default {d.timeout_s:g})")
+    add("--timeout", type=positive_float, default=d.timeout_s,
+        help=f"seconds before a case is killed (default {d.timeout_s:g})")
 
 
 def config_from_args(args: argparse.Namespace) -> VllmBenchConfig:

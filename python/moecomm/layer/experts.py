@@ -8,7 +8,9 @@ loop runs over the non-empty experts only.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +67,31 @@ def grouped_linear(
     return out
 
 
+#: /proc/cpuinfo flags of x86 units that run 16-bit matmuls natively (without them, torch emulates).
+FAST_16BIT_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "avx512_fp16", "amx_fp16"})
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_16bit_matmul_units() -> bool:
+    """True if this CPU advertises bf16/fp16 matmul units (or is not an x86 Linux host we can read)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return True
+    flag_lines = [line for line in text.splitlines() if line.startswith("flags")]
+    if not flag_lines:
+        return True  # not x86 (e.g. aarch64 lists "Features"): leave 16-bit matmuls to torch
+    return bool(FAST_16BIT_CPU_FLAGS & set(flag_lines[0].split(":", 1)[1].split()))
+
+
+def default_compute_dtype(rows: torch.Tensor) -> torch.dtype:
+    """float32 for 16-bit CPU rows on a CPU without 16-bit matmul units (emulated bf16 runs ~4x slower
+    than float32 there); otherwise rows' own dtype."""
+    if rows.device.type == "cpu" and rows.dtype in (torch.float16, torch.bfloat16) and not cpu_has_16bit_matmul_units():
+        return torch.float32
+    return rows.dtype
+
+
 def check_experts_args(
     rows: torch.Tensor, tokens_per_expert: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor
 ) -> None:
@@ -100,6 +127,7 @@ def swiglu_experts(
     w2: torch.Tensor,
     *,
     use_native: bool = True,
+    compute_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Runs each expert's SwiGLU FFN on its block of rows.
 
@@ -109,13 +137,20 @@ def swiglu_experts(
         w13: ``[E_local, 2*I, H]`` rows' dtype, gate projection then up projection (vLLM's / HF's layout).
         w2: ``[E_local, H, I]`` rows' dtype, down projection.
         use_native: use torch's grouped matmul when available (False: loop over non-empty experts).
+        compute_dtype: dtype of the matmuls (None: :func:`default_compute_dtype`, float32 for 16-bit
+            rows on CPUs without 16-bit matmul units).
 
     Returns:
         ``[N, H]`` in rows' dtype: ``(silu(x @ gate^T) * (x @ up^T)) @ w2^T`` with each row's expert.
     """
     check_experts_args(rows, tokens_per_expert, w13, w2)
+    out_dtype = rows.dtype
+    compute_dtype = default_compute_dtype(rows) if compute_dtype is None else compute_dtype
+    if compute_dtype not in ACTIVATION_DTYPES:
+        raise TypeError(f"compute_dtype: expected one of {ACTIVATION_DTYPES}, got {compute_dtype}")
     tokens_per_expert = tokens_per_expert.to(torch.int64)
-    rows = rows.contiguous()
+    rows = rows.to(compute_dtype).contiguous()
+    w13, w2 = w13.to(compute_dtype), w2.to(compute_dtype)
     gate_up = grouped_linear(rows, w13, tokens_per_expert, use_native=use_native)
     gate, up = gate_up.chunk(2, dim=-1)
-    return grouped_linear(F.silu(gate) * up, w2, tokens_per_expert, use_native=use_native)
+    return grouped_linear(F.silu(gate) * up, w2, tokens_per_expert, use_native=use_native).to(out_dtype)
