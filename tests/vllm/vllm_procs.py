@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -12,26 +11,9 @@ import time
 import urllib.error
 import urllib.request
 
+from moecomm.procs import kill_process_group
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """Ends the process group this test started (the engine's worker processes included)."""
-    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        if proc.poll() is not None:
-            break
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
-            continue
-    try:  # workers may outlive the leader for a moment
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def run_bounded(cmd: list[str], timeout_s: float, env: dict | None = None) -> tuple[int, str]:
@@ -42,11 +24,11 @@ def run_bounded(cmd: list[str], timeout_s: float, env: dict | None = None) -> tu
         out, _ = proc.communicate(timeout=timeout_s)
         return proc.returncode, out
     except subprocess.TimeoutExpired:
-        _kill_group(proc)
+        kill_process_group(proc)
         out, _ = proc.communicate()
         raise AssertionError(f"{cmd[:3]}... did not finish within {timeout_s} s; output tail:\n{out[-4000:]}")
     finally:
-        _kill_group(proc)
+        kill_process_group(proc)
 
 
 def run_driver(spec: dict, timeout_s: float = 300) -> tuple[list, str]:
@@ -103,7 +85,7 @@ def serve_one_completion(cmd: list[str], port: int, body: dict, timeout_s: float
             response = post_json(f"http://127.0.0.1:{port}/v1/completions", body, timeout_s=120)
             time.sleep(1)  # let the workers' log lines reach the file
         finally:
-            _kill_group(proc)
+            kill_process_group(proc)
     with open(log_path) as f:
         log = f.read()
     os.remove(log_path)

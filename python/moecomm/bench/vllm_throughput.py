@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ import torch
 
 from moecomm.bench.report import markdown_table, timing_record
 from moecomm.bench.timing import Timing
+from moecomm.procs import kill_process_group
 from moecomm.ops._checks import check_choice, check_non_negative_int, check_positive_int, check_ratio, check_topology
 
 #: dtype names of the benchmark -> vLLM's ``dtype`` argument.
@@ -224,25 +224,6 @@ def engine_worker(spec: dict[str, Any]) -> dict[str, Any]:
     return {"samples_s": samples, "startup_s": startup_s, "first_tokens": first_tokens}
 
 
-def kill_group(proc: subprocess.Popen) -> None:
-    """Ends the process group of ``proc`` (the engine's workers included): SIGTERM, then SIGKILL."""
-    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        if proc.poll() is not None:
-            break
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
-            continue
-    try:  # workers may outlive the leader for a moment
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 def run_case(name: str, spec: dict[str, Any], config: VllmBenchConfig) -> tuple[dict[str, Any], str]:
     """Runs case ``name`` in a subprocess (own process group, ``VLLM_CPU_OMP_THREADS_BIND`` set), bounded by
     ``config.timeout_s``; returns (the worker's result, the engine log). Raises :class:`CaseFailed` (with the
@@ -254,11 +235,11 @@ def run_case(name: str, spec: dict[str, Any], config: VllmBenchConfig) -> tuple[
     try:
         log, _ = proc.communicate(timeout=config.timeout_s)
     except subprocess.TimeoutExpired:
-        kill_group(proc)
+        kill_process_group(proc)
         log, _ = proc.communicate()
         raise CaseFailed(name, f"no result within {config.timeout_s} s (killed)", log) from None
     finally:
-        kill_group(proc)
+        kill_process_group(proc)
     lines = [line for line in log.splitlines() if line.startswith(RESULT_MARK)]
     if proc.returncode != 0 or not lines:
         raise CaseFailed(name, f"engine exited with code {proc.returncode}", log)
