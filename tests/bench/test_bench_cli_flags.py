@@ -69,3 +69,11 @@ def test_bench_cli_good_flags_parse_to_values() -> None:
     assert args.ep_sizes == [16, 64]
     assert args.dispatchers == ["alltoallv", "torch-alltoallv"]
     assert args.dtype == "fp32" and args.quick
+
+
+@pytest.mark.parametrize("argv", [["layer", "--tokens", "0"], ["vllm", "--drop-ratio", "1.5"], ["layer", "--dtype", "int8"]])
+def test_standalone_subcommands_validate_their_flags(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_main(argv)
+    assert exit_info.value.code == 2
+    assert f"moecomm bench {argv[0]}" in capsys.readouterr().err

@@ -15,6 +15,11 @@ from typing import Any
 
 DEFAULT_OUT = Path("moecomm-bench")
 SUBCOMMANDS = ("kernels", "dispatch", "drop", "simulate", "all")
+#: Subcommands with their own parser (not part of ``all``: minutes each): name -> module with ``main(argv)``.
+STANDALONE = {
+    "layer": "moecomm.bench.layer_cli",  # EPMoE at EP=2 vs the transformers block (issue 4)
+    "vllm": "moecomm.bench.vllm_cli",  # vLLM TP=2 in-tree vs EP through moecomm, tokens/s (issue 5)
+}
 
 
 # ---- argument types: each raises ArgumentTypeError (-> exit code 2) with what was expected ----------
@@ -146,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="moecomm microbenchmarks: kernels vs peers, dispatchers over local ranks, the token-drop "
         "study and an EP-scale simulation. Results (JSON, markdown, PNG) go to --out.",
     )
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
+    subparsers = parser.add_subparsers(
+        dest="command", required=True, metavar="{" + ",".join((*SUBCOMMANDS, *STANDALONE)) + "}"
+    )
     helps = {
         "kernels": "native ops vs pure-torch reference vs Megatron-Core vs memcpy (one process)",
         "dispatch": "dispatch+combine per dispatcher vs a pure-torch all-to-all-v, over local ranks",
@@ -166,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
         for adder in adders[name]:
             adder(sub)
         add_common(sub)
+    for name, module in STANDALONE.items():
+        subparsers.add_parser(name, help=f"see `moecomm bench {name} --help` ({module})", add_help=False)
     return parser
 
 
@@ -200,12 +209,17 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parses ``argv``, runs the sections, writes results; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in STANDALONE:
+        import importlib
+
+        return importlib.import_module(STANDALONE[argv[0]]).main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     validate(parser, args)
     from moecomm.bench.runner import run_command
 
-    command = "moecomm bench " + shlex.join(list(sys.argv[1:] if argv is None else argv))
+    command = "moecomm bench " + shlex.join(argv)
     started = time.perf_counter()
     paths = run_command(args, command)
     print(f"\nresults in {args.out.resolve()} ({time.perf_counter() - started:.0f} s): "
