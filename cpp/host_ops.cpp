@@ -1,5 +1,6 @@
 #include "host_ops.h"
 
+#include <cstdlib>
 #include <sstream>
 
 #if defined(__linux__)
@@ -45,6 +46,11 @@ std::string dtype_name(int dtype) {
 // first touches it removes most of those faults. Advice only: failure or a non-Linux host is fine.
 void advise_huge_pages(const TensorArg& out) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
+  static const bool enabled = [] {
+    const char* value = std::getenv("MOECOMM_HUGE_PAGES");
+    return value == nullptr || std::string(value) != "0";
+  }();
+  if (!enabled) return;
   constexpr uintptr_t kHuge = uintptr_t{2} << 20;
   const uintptr_t bytes = static_cast<uintptr_t>(out.numel()) * cpu::element_size(out.scalar_type());
   if (bytes < 4 * kHuge) return;

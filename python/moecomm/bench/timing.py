@@ -63,7 +63,9 @@ def measure_interleaved(
     """Times every case of ``cases`` once per round, ``warmup`` untimed rounds then ``repeats`` timed ones.
 
     Args:
-        cases: name -> zero-argument callable; the order of the mapping is the order within a round.
+        cases: name -> zero-argument callable. Round r runs them in the mapping's order rotated by r, so no
+            case always runs first (right after the previous round's last case) and carries a position bias;
+            the order is deterministic, so ranks of a multi-process benchmark stay in lockstep.
         repeats: timed rounds (>= 1).
         warmup: untimed rounds first (>= 0).
         on_round: called with the round index after each round (progress bars).
@@ -78,8 +80,10 @@ def measure_interleaved(
     if not cases:
         raise ValueError("cases: expected at least one case to time")
     samples: dict[str, list[float]] = {name: [] for name in cases}
+    order = list(cases.items())
     for round_index in range(warmup + repeats):
-        for name, fn in cases.items():
+        shift = round_index % len(order)
+        for name, fn in order[shift:] + order[:shift]:
             elapsed = timer(fn)
             if round_index >= warmup:
                 samples[name].append(elapsed)
