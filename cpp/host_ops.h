@@ -32,7 +32,8 @@ void unpack_padded(const TensorArg& buffer, const TensorArg& counts, const Tenso
 // (inner, outer) block order.
 void regroup_blocks(const TensorArg& rows, const TensorArg& block_rows, const TensorArg& out, int num_threads);
 
-// Asks the OS for transparent huge pages on a large, not yet touched buffer (a no-op elsewhere).
+// With MOECOMM_HUGE_PAGES=1, asks the OS for transparent huge pages on a large, not yet touched buffer
+// (otherwise, and off Linux, a no-op).
 void advise_huge_pages(const TensorArg& out);
 
 }  // namespace moecomm::host

@@ -67,4 +67,5 @@ def regroup_blocks(rows: TensorArg, block_rows: TensorArg, out: TensorArg, num_t
     receives the blocks in (inner, outer) order."""
 
 def advise_huge_pages(out: TensorArg) -> None:
-    """Asks for transparent huge pages on a large untouched buffer (Linux; no-op elsewhere)."""
+    """With MOECOMM_HUGE_PAGES=1 (read once), asks for transparent huge pages on a large untouched
+    buffer (Linux); otherwise a no-op."""

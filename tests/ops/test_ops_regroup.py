@@ -1,5 +1,9 @@
 """regroup_blocks: native vs reference; the inverse with the transposed block grid; errors."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -41,7 +45,27 @@ def test_regroup_rejects_bad_blocks():
         ops.regroup_blocks(rows, torch.tensor([[2.0, 3.0]]))
 
 
-def test_empty_buffer_is_writable():
-    buffer = ops.empty_buffer((4096, 1024), torch.bfloat16)  # 8 MiB: takes the huge-page advice path
-    buffer.fill_(1.5)
-    assert buffer.shape == (4096, 1024) and buffer.dtype == torch.bfloat16 and bool((buffer == 1.5).all())
+HUGE_PAGE_CHECK = """
+import torch
+from moecomm import ops
+from moecomm.ops import reference
+buffer = ops.empty_buffer((4096, 1024), torch.bfloat16)  # 8 MiB: large enough for the advice
+buffer.fill_(1.5)
+assert buffer.shape == (4096, 1024) and bool((buffer == 1.5).all())
+ids = torch.randint(0, 16, (2048, 8), generator=torch.Generator().manual_seed(0))
+x = torch.randn(2048, 1024)
+layout = ops.route_layout(ids, 16)
+rows = ops.permute(x, layout)  # 64 MiB fresh output, advised before the first touch
+assert torch.equal(rows, reference.permute(x, layout))
+assert torch.equal(ops.regroup_blocks(rows, layout.tokens_per_expert.view(4, 4)),
+                   reference.regroup_blocks(rows, layout.tokens_per_expert.view(4, 4)))
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("huge_pages", ["0", "1"])
+def test_buffers_and_outputs_with_and_without_huge_page_advice(huge_pages):
+    """MOECOMM_HUGE_PAGES is read once per process: each setting runs in its own interpreter."""
+    env = {**os.environ, "MOECOMM_HUGE_PAGES": huge_pages}
+    done = subprocess.run([sys.executable, "-c", HUGE_PAGE_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

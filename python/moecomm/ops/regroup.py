@@ -10,10 +10,10 @@ from moecomm.ops._native import num_threads, tensor_arg
 
 
 def empty_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised CPU tensor of ``shape``; large ones ask for transparent huge pages.
+    """An uninitialised CPU tensor of ``shape`` for a kernel or a collective to overwrite whole.
 
-    Fresh multi-MB buffers otherwise fault in 4 KiB pages one at a time, which costs more than filling
-    them. Use for buffers that a kernel or a collective is about to overwrite whole.
+    With ``MOECOMM_HUGE_PAGES=1`` large ones ask for transparent huge pages (fewer first-touch page
+    faults; see the README for when that helps and when the kernel's compaction makes it slower).
     """
     out = torch.empty(shape, dtype=dtype)
     _C.advise_huge_pages(tensor_arg("out", out))
