@@ -148,11 +148,11 @@ class Dispatcher:
         num_experts, num_ranks = self.num_experts, self.world_size
         top_k = ids.shape[1]
         pair_capacity = self.pair_capacity(top_k)
-        counts = ops.route_layout(ids, num_experts, num_ranks).tokens_per_expert
+        routed = ops.route_layout(ids, num_experts, num_ranks)  # every pair: the counts, or the dropless layout
         cap: int | None = None
         scope: str | None = None
         if cfg.drops_by_ratio:
-            table = self._exchange_counts(counts, x, top_k, "count exchange")
+            table = self._exchange_counts(routed.tokens_per_expert, x, top_k, "count exchange")
             plan = plan_ratio(table[:, :num_experts], cfg.token_drop_ratio, cfg.drop_scope, num_ranks)
             quota = plan.quotas[self.rank]
             if pair_capacity is not None:
@@ -178,7 +178,8 @@ class Dispatcher:
                 )
             else:
                 is_kept = torch.ones(ids.shape, dtype=torch.bool)
-            layout = ops.route_layout(ids, num_experts, num_ranks, is_kept)
+            # no cap in this branch means dropless: the layout of every pair is already at hand
+            layout = routed if cap is None else ops.route_layout(ids, num_experts, num_ranks, is_kept)
             table = self._exchange_counts(layout.tokens_per_expert, x, top_k, "count exchange")
             kept_counts = table[:, :num_experts]
         num_tokens = table[:, num_experts]
