@@ -1,0 +1,150 @@
+"""The ``torch`` transport: a caller-owned torch.distributed group (gloo on CPU, NCCL, HCCL).
+
+``group=None`` is a single-process group whose collectives are copies, so one code path serves both.
+Every collective runs asynchronously and is waited on for at most ``timeout_s``.
+"""
+
+from __future__ import annotations
+
+import pickle
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from moecomm.comm.transports.base import Transport, differing_settings
+
+# torch >= 2.13 names these *_single (the *_tensor names warn); older torch only has *_tensor.
+_ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_REDUCE_SCATTER = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+#: Device type a tensor must live on for each process-group backend.
+BACKEND_DEVICE = {"gloo": "cpu", "nccl": "cuda", "hccl": "npu"}
+
+
+def check_out(out: torch.Tensor, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """Checks a caller's receive buffer: contiguous, ``shape``, ``like``'s dtype and device."""
+    if tuple(out.shape) != tuple(shape) or out.dtype != like.dtype or out.device != like.device or not out.is_contiguous():
+        raise ValueError(
+            f"out: expected a contiguous {like.dtype} tensor of shape {list(shape)} on {like.device}, "
+            f"got {out.dtype} {list(out.shape)} on {out.device}"
+        )
+    return out
+
+
+class TorchTransport(Transport):
+    """Collectives over a ``torch.distributed`` ProcessGroup the caller owns (or None: one process).
+
+    Args:
+        group: the ProcessGroup (its members build their transports together), or None.
+        timeout_s: seconds to wait on one collective before raising.
+        owner: the name used in error messages (the dispatcher's).
+    """
+
+    name = "torch"
+
+    def __init__(self, group: dist.ProcessGroup | None, timeout_s: float, owner: str) -> None:
+        if group is None:
+            rank, world_size, self.backend = 0, 1, None
+        else:
+            if not dist.is_available() or not dist.is_initialized():
+                raise RuntimeError("group: torch.distributed is not initialised; create the process group first")
+            if not isinstance(group, dist.ProcessGroup):
+                raise TypeError(f"group: expected a torch.distributed ProcessGroup or None, got {type(group).__name__}")
+            rank, world_size = dist.get_rank(group), dist.get_world_size(group)
+            if rank < 0:
+                raise ValueError("group: this process is not a member of the given process group")
+            self.backend = str(dist.get_backend(group)).lower()
+        super().__init__(rank, world_size, timeout_s, owner)
+        self.group = group
+        self.timeout = timedelta(seconds=timeout_s)
+
+    @property
+    def device_type(self) -> str | None:
+        return BACKEND_DEVICE.get(self.backend) if self.backend else None
+
+    def describe(self) -> str:
+        return f"torch transport ({self.backend})" if self.backend else "torch transport (one process)"
+
+    def _wait(self, work: Any) -> None:
+        if work is not None:
+            work.wait(timeout=self.timeout)
+
+    def all_gather(self, phase: str, step: str, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.contiguous()
+        if self.group is None:
+            return self.step(phase, step, lambda: tensor.unsqueeze(0).clone())
+        # gloo wants the output as the inputs concatenated along dim 0, not stacked.
+        out = tensor.new_empty((self.world_size * tensor.shape[0], *tensor.shape[1:]))
+        self.step(phase, step, lambda: self._wait(_ALL_GATHER(out, tensor, group=self.group, async_op=True)))
+        return out.view(self.world_size, *tensor.shape)
+
+    def all_to_all(
+        self,
+        phase: str,
+        step: str,
+        tensor: torch.Tensor,
+        output_rows: int,
+        output_splits: list[int] | None = None,
+        input_splits: list[int] | None = None,
+        *,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        tensor = tensor.contiguous()
+        shape = (output_rows, *tensor.shape[1:])
+        if out is not None:
+            check_out(out, shape, tensor)
+        if self.group is None:
+            if out is None:
+                return self.step(phase, step, lambda: tensor)
+            return self.step(phase, step, lambda: out.copy_(tensor))
+        received = tensor.new_empty(shape) if out is None else out
+
+        def action() -> None:
+            work = dist.all_to_all_single(
+                received, tensor, output_split_sizes=output_splits, input_split_sizes=input_splits,
+                group=self.group, async_op=True,
+            )
+            self._wait(work)
+
+        self.step(phase, step, action)
+        return received
+
+    def reduce_scatter(
+        self, phase: str, step: str, tensor: torch.Tensor, *, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        tensor = tensor.contiguous()
+        shape = (tensor.shape[0] // self.world_size, *tensor.shape[1:])
+        if out is not None:
+            check_out(out, shape, tensor)
+        if self.group is None:
+            return self.step(phase, step, lambda: tensor.clone() if out is None else out.copy_(tensor))
+        received = tensor.new_empty(shape) if out is None else out
+        self.step(phase, step, lambda: self._wait(_REDUCE_SCATTER(received, tensor, group=self.group, async_op=True)))
+        return received
+
+    def barrier(self, phase: str, step: str) -> None:
+        if self.group is None:
+            return
+        token = torch.zeros(1, dtype=torch.int64, device=self.device_type or "cpu")
+        self.all_gather(phase, step, token)
+
+    def check_same_settings(self, settings: dict[str, Any]) -> None:
+        """Bounded by ``timeout_s`` (a length all-gather, then the pickled settings, padded)."""
+        if self.group is None:
+            return
+        payload = torch.frombuffer(bytearray(pickle.dumps(settings)), dtype=torch.uint8)
+        device = self.device_type or "cpu"
+        length = torch.tensor([payload.numel()], dtype=torch.int64, device=device)
+        lengths = self.all_gather("setup", "config agreement (sizes)", length).view(-1).cpu()
+        padded = torch.zeros(int(lengths.max()), dtype=torch.uint8, device=device)
+        padded[: payload.numel()] = payload.to(device)
+        table = self.all_gather("setup", "config agreement", padded).cpu()
+        gathered = [pickle.loads(bytes(table[r, : int(lengths[r])].numpy())) for r in range(self.world_size)]
+        differing = differing_settings(gathered)
+        if differing:
+            raise ValueError(
+                f"rank {self.rank}: {self.owner} setup: the configuration differs across the EP group: "
+                + "; ".join(differing)
+            )
