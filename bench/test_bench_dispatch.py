@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from moecomm.bench.dispatch import DISPATCHERS, DispatchBenchConfig, serve_steps
-from moecomm.comm.launch import run_local
+from moecomm.testing.launch import run_local
 
 NUM_RANKS = 2
 CONFIG = DispatchBenchConfig(

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from moecomm.ops._checks import check_choice, check_non_negative_int, check_positive_int, check_ratio
+from moecomm.registry import DISPATCHERS as _DISPATCHER_TABLE
+from moecomm.registry import KERNEL_BACKENDS, TRANSPORTS, names
 
-DISPATCHERS = ("alltoallv", "alltoall", "allgather")
+DISPATCHERS = names(_DISPATCHER_TABLE)
 DROP_POLICIES = ("position", "probs")
 DROP_SCOPES = ("rank", "expert")
 
@@ -40,6 +42,10 @@ class MoECommConfig:
         max_tokens_per_rank: most tokens any rank passes to one ``dispatch`` (required by ``alltoall``).
         log_stats_every: log drop statistics every N steps (0 = never; used by the vLLM plugin).
         timeout_s: seconds a dispatcher waits on one collective before raising (> 0).
+        transport: how bytes move: ``"auto"`` (shared memory when every rank is on this host, else
+            torch.distributed), ``"shm"`` or ``"torch"`` (the caller's torch.distributed group).
+        kernel_backend: which kernels compute: ``"auto"`` (native C++ for CPU tensors, pure torch on other
+            devices), ``"native"`` or ``"torch"`` (device-generic pure torch, also on CPU).
     """
 
     dispatcher: str = "alltoallv"
@@ -51,9 +57,13 @@ class MoECommConfig:
     max_tokens_per_rank: int | None = None
     log_stats_every: int = 0
     timeout_s: float = 60.0
+    transport: str = "auto"
+    kernel_backend: str = "auto"
 
     def __post_init__(self) -> None:
         check_choice("dispatcher", self.dispatcher, DISPATCHERS)
+        check_choice("transport", self.transport, names(TRANSPORTS, with_auto=True))
+        check_choice("kernel_backend", self.kernel_backend, names(KERNEL_BACKENDS, with_auto=True))
         object.__setattr__(self, "token_drop_ratio", check_ratio("token_drop_ratio", self.token_drop_ratio))
         if self.capacity_factor is not None:
             object.__setattr__(

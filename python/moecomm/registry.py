@@ -28,6 +28,11 @@ KERNEL_BACKENDS: dict[str, str] = {
     "torch": "moecomm.backends.torch_backend:TorchBackend",
 }
 
+#: Adapters that build an ``EPMoE`` from another library's MoE block (``EPMoE.from_module``).
+BLOCK_ADAPTERS: dict[str, str] = {
+    "transformers": "moecomm.integrations.transformers:adopt_block",
+}
+
 AUTO = "auto"
 
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moecomm.bench.dispatch import TorchAllToAllV
-from moecomm.comm.launch import run_local
+from moecomm.testing.launch import run_local
 
 
 def scale_by_expert(expert_x: torch.Tensor, tokens_per_local_expert: torch.Tensor, first_expert: int) -> torch.Tensor:

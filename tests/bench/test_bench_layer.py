@@ -80,7 +80,7 @@ def ep_forward(rank: int, world_size: int, config: LayerBenchConfig) -> torch.Te
 
 @pytest.mark.timeout(120)
 def test_ep2_layer_equals_transformers_block_on_the_global_batch() -> None:
-    from moecomm.comm.launch import run_local
+    from moecomm.testing.launch import run_local
 
     config = LayerBenchConfig(num_tokens=24, hidden=32, intermediate=16, num_experts=8, top_k=3, seed=5)
     outputs = run_local(ep_forward, 2, config, timeout_s=90.0)

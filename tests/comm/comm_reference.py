@@ -77,3 +77,16 @@ def summarize(case: dict[str, Any]) -> str:
     extra = {k: v for k, v in cfg.items() if k not in ("dispatcher", "max_tokens_per_rank")}
     return f"{case['kind']}-{cfg['dispatcher']}-{case.get('dtype', 'float32')}-{case.get('routing', 'random')}-" \
         f"T{case['tokens']}-" + ",".join(f"{k}={v}" for k, v in sorted(extra.items()))
+
+
+def expected_rows_sent(dispatcher: str, batch: list[dict[str, torch.Tensor]], kept: list[torch.Tensor], rank: int,
+                       num_experts: int, world_size: int, *, token_level: bool = False) -> int:
+    """Rows ``rank`` must send to other ranks in dispatch: one per kept pair to another rank (pair level), one per
+    (token, other destination rank) with a kept pair (token level), or every padded token (allgather)."""
+    if dispatcher == "allgather":
+        return (world_size - 1) * max(b["topk_ids"].shape[0] for b in batch)
+    dest = bucket_of(batch[rank]["topk_ids"], "rank", num_experts, world_size)
+    crossing = kept[rank] & (dest != rank)
+    if not token_level:
+        return int(crossing.sum())
+    return sum(int((crossing & (dest == d)).any(dim=1).sum()) for d in range(world_size) if d != rank)

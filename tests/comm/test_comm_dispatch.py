@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 from comm_reference import (
+    expected_rows_sent,
     bucket_of,
     dense_output,
     drop_budget,
@@ -21,9 +22,11 @@ from comm_reference import (
 )
 from comm_workers import make_batch, run_cases
 
-from moecomm.comm.launch import run_local
+from moecomm.testing.launch import run_local
 
 DISPATCHERS = ("alltoallv", "alltoall", "allgather")
+#: (transport, kernel_backend) every case runs under: the suite must give the same results on each.
+AXES = (("torch", "auto"), ("torch", "torch"))
 
 
 def _case(dispatcher: str, tokens: list[int], seed: int, kind: str = "roundtrip", **options: Any) -> dict[str, Any]:
@@ -35,6 +38,15 @@ def _case(dispatcher: str, tokens: list[int], seed: int, kind: str = "roundtrip"
 
 
 def _cases(world_size: int) -> list[dict[str, Any]]:
+    """Every base case under every (transport, kernel backend) of :data:`AXES`."""
+    return [
+        {**case, "config": {**case["config"], "transport": transport, "kernel_backend": backend}}
+        for transport, backend in AXES
+        for case in _base_cases(world_size)
+    ]
+
+
+def _base_cases(world_size: int) -> list[dict[str, Any]]:
     cases: list[dict[str, Any]] = []
     tokens = {1: [23], 2: [21, 0], 4: [10, 0, 25, 7]}[world_size]
     for seed, name in enumerate(DISPATCHERS):
@@ -115,7 +127,9 @@ def _check_roundtrip(case: dict[str, Any], world_size: int, results: list[dict[s
     stats = [r["stats"] for r in results]
     scope = _drop_bucket_scope(config)
     # capacity_factor caps each source by its own T; every other figure is global and identical.
-    local_keys = {"local_dropped_pairs"} | ({"cap"} if scope == "expert" and "token_drop_ratio" not in config else set())
+    local_keys = {"local_dropped_pairs", "rows_sent", "bytes_sent"} | (
+        {"cap"} if scope == "expert" and "token_drop_ratio" not in config else set()
+    )
     for other in stats[1:]:
         assert {k: v for k, v in other.items() if k not in local_keys} == \
             {k: v for k, v in stats[0].items() if k not in local_keys}
@@ -124,6 +138,7 @@ def _check_roundtrip(case: dict[str, Any], world_size: int, results: list[dict[s
     assert stats[0]["total_pairs"] == total and stats[0]["dropped_pairs"] == dropped
     for rank in range(world_size):
         assert stats[rank]["local_dropped_pairs"] == int((~kept[rank]).sum())
+        assert stats[rank]["rows_sent"] == expected_rows_sent(config["dispatcher"], batch, kept, rank, experts, world_size)
     all_ids = torch.cat([b["topk_ids"] for b in batch])
     all_kept = torch.cat(kept)
     received = torch.bincount(bucket_of(all_ids[all_kept], "rank", experts, world_size), minlength=world_size)

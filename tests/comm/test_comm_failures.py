@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from comm_workers import exit_mid_step, raise_on_rank, rank_identity, sleep_on_rank
 
-from moecomm.comm.launch import LocalRunError, run_local
+from moecomm.testing.launch import LocalRunError, run_local
 
 
 def test_comm_run_local_returns_in_rank_order() -> None:

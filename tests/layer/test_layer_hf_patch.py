@@ -11,7 +11,7 @@ import torch.distributed as dist
 from layer_tiny_models import ARCHITECTURES, NUM_EXPERTS, tiny_input_ids, tiny_model
 from torch import nn
 
-from moecomm.comm.launch import run_local
+from moecomm.testing.launch import run_local
 from moecomm.integrations.transformers import SUPPORTED_BLOCKS, patch_model
 from moecomm.layer import EPMoE
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 if importlib.util.find_spec("vllm") is None:
     pytest.skip("vllm is not installed", allow_module_level=True)
 
-from moecomm.comm.launch import run_local  # noqa: E402
+from moecomm.testing.launch import run_local  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 

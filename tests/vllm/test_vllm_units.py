@@ -14,7 +14,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from moecomm.comm.handle import DropStats  # noqa: E402
-from moecomm.comm.launch import run_local  # noqa: E402
+from moecomm.testing.launch import run_local  # noqa: E402
 from moecomm.config import MoECommConfig  # noqa: E402
 from moecomm.integrations.vllm.ownership import gather_token_slices, token_slice  # noqa: E402
 from moecomm.integrations.vllm.settings import PluginConfigError, parse_plugin_config  # noqa: E402

@@ -11,7 +11,7 @@ import time
 import urllib.error
 import urllib.request
 
-from moecomm.procs import kill_process_group
+from moecomm.testing.procs import kill_process_group
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

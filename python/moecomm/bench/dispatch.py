@@ -245,7 +245,7 @@ def serve_steps(rank: int, world_size: int, config: DispatchBenchConfig, command
 
 def run_dispatch(config: DispatchBenchConfig, *, progress: bool = True) -> dict[str, Any]:
     """Spawns ``config.num_ranks`` ranks, times every dispatcher; returns ``{"config", "records", "table"}``."""
-    from moecomm.comm.launch import run_local
+    from moecomm.testing.launch import run_local
 
     with progress_task(f"dispatch ({config.num_ranks} ranks)", 1, progress) as advance:
         results = run_local(dispatch_worker, config.num_ranks, config, timeout_s=config.timeout_s)

@@ -81,6 +81,7 @@ def drop_worker(rank: int, world_size: int, config: DropBenchConfig, row_cost_s:
     """One rank of the drop study (run by ``run_local``). Returns per skew: timings, loads, drops, errors."""
     from moecomm.bench.dispatch import make_bench_dispatcher
     from moecomm.bench.kernels import DTYPES
+    from moecomm.comm.moe_step import run_moe_step
     from moecomm.layer.experts import swiglu_experts
 
     set_allocator(config.allocator)
@@ -100,10 +101,15 @@ def drop_worker(rank: int, world_size: int, config: DropBenchConfig, row_cost_s:
                                seed=rank_seed(config, rank), popularity_seed=config.seed)
         ids, weights = routing.topk_ids, routing.topk_weights
 
+        def ffn(expert_x: torch.Tensor, tokens_per_expert: torch.Tensor) -> torch.Tensor:
+            return swiglu_experts(expert_x, tokens_per_expert, w13, w2)
+
+        def stand_in(expert_x: torch.Tensor, tokens_per_expert: torch.Tensor) -> torch.Tensor:
+            time.sleep(expert_x.shape[0] * row_cost_s)
+            return expert_x
+
         def ffn_step(dispatcher: Any) -> tuple[torch.Tensor, Any]:
-            expert_x, handle = dispatcher.dispatch(x, ids, weights)
-            expert_y = swiglu_experts(expert_x, handle.tokens_per_local_expert, w13, w2)
-            return dispatcher.combine(expert_y, handle), handle
+            return run_moe_step(dispatcher, x, ids, weights, ffn)
 
         reference, _ = ffn_step(dropless)
         points = {}
@@ -122,13 +128,7 @@ def drop_worker(rank: int, world_size: int, config: DropBenchConfig, row_cost_s:
             }
 
         def timed_step(dispatcher: Any) -> torch.Tensor:
-            expert_x, handle = dispatcher.dispatch(x, ids, weights)
-            if config.compute == "ffn":
-                expert_y = swiglu_experts(expert_x, handle.tokens_per_local_expert, w13, w2)
-            else:
-                time.sleep(expert_x.shape[0] * row_cost_s)
-                expert_y = expert_x
-            return dispatcher.combine(expert_y, handle)
+            return run_moe_step(dispatcher, x, ids, weights, ffn if config.compute == "ffn" else stand_in)[0]
 
         cases = {f"{ratio}": (lambda d=dispatcher: timed_step(d)) for ratio, dispatcher in dispatchers.items()}
         timings = measure_interleaved(cases, repeats=config.repeats, warmup=config.warmup, timer=synced_time)
@@ -141,7 +141,7 @@ def drop_worker(rank: int, world_size: int, config: DropBenchConfig, row_cost_s:
 def run_drop(config: DropBenchConfig, *, progress: bool = True) -> dict[str, Any]:
     """Calibrates the per-row cost, spawns the ranks, runs the sweep; returns ``{"config", "records", "table"}``."""
     from moecomm.bench.kernels import DTYPES
-    from moecomm.comm.launch import run_local
+    from moecomm.testing.launch import run_local
 
     num_local = config.num_experts // config.num_ranks
     calibrated = calibrate_row_cost(config.hidden, config.ffn_intermediate, num_local, DTYPES[config.dtype])

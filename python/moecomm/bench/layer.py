@@ -285,7 +285,7 @@ def run_layer_bench(config: LayerBenchConfig | None = None, *, progress: bool = 
         ``tokens_per_process``, ``max_abs_diff_vs_hf_eager_global`` and, for EP cases, ``dropped_share`` and
         ``received_per_rank``; the reference's own record carries ``max_abs_output``.
     """
-    from moecomm.comm.launch import run_local
+    from moecomm.testing.launch import run_local
 
     config = LayerBenchConfig() if config is None else config
     if not isinstance(config, LayerBenchConfig):

@@ -1,49 +1,54 @@
-"""moecomm.comm: expert-parallel dispatch / combine over a caller-owned torch.distributed group.
+"""moecomm.comm: expert-parallel dispatch / combine over a caller-owned process group.
 
-| dispatcher | wire pattern | host sync on sizes |
-|---|---|---|
-| ``alltoallv`` | count all-gather, variable-split all-to-all | yes (split sizes) |
-| ``alltoall`` | count all-gather, fixed-capacity padded all-to-all | no |
-| ``allgather`` | all-gather tokens/ids/weights, reduce-scatter outputs | no (pads to the largest T) |
+Three plug-in axes meet here: the wire pattern (``dispatchers/``), the transport (``transports/``) and the
+kernel backend (``moecomm.backends``); :mod:`moecomm.registry` names the members of all three.
 """
 
 from __future__ import annotations
 
 import torch.distributed as dist
 
-from moecomm.comm.allgather import AllgatherDispatcher, AllgatherHandle
-from moecomm.comm.alltoall import AlltoallDispatcher, AlltoallHandle
-from moecomm.comm.alltoallv import AlltoallvDispatcher, AlltoallvHandle
-from moecomm.comm.base import Dispatcher
-from moecomm.comm.group import CommStepError, EPGroup
+from moecomm.comm.dispatchers import (
+    AllgatherDispatcher,
+    AllgatherHandle,
+    AlltoallDispatcher,
+    AlltoallHandle,
+    AlltoallvDispatcher,
+    AlltoallvHandle,
+    Dispatcher,
+)
+from moecomm.comm.group import EPGroup
 from moecomm.comm.handle import DispatchHandle, DropStats
+from moecomm.comm.moe_step import run_moe_step
+from moecomm.comm.transports import CommStepError, Transport, make_transport
 from moecomm.config import MoECommConfig
-
-DISPATCHER_CLASSES: dict[str, type[Dispatcher]] = {
-    "alltoallv": AlltoallvDispatcher,
-    "alltoall": AlltoallDispatcher,
-    "allgather": AllgatherDispatcher,
-}
+from moecomm.registry import DISPATCHERS, load
 
 
 def make_dispatcher(
-    config: MoECommConfig | dict | None, num_experts: int, group: dist.ProcessGroup | None = None
+    config: MoECommConfig | dict | None,
+    num_experts: int,
+    group: dist.ProcessGroup | None = None,
+    *,
+    fresh_buffers: bool = False,
 ) -> Dispatcher:
     """Builds the dispatcher ``config.dispatcher`` names over ``group`` (None: a single process).
 
     Args:
         config: a MoECommConfig, a dict of its fields, or None for the defaults; must be identical on
-            every rank of ``group`` (checked here, with one collective).
+            every rank of ``group`` (checked here, with one collective bounded by ``timeout_s``).
         num_experts: E, divisible by the group's size; rank r owns experts ``[r*E/R, (r+1)*E/R)``.
         group: a torch.distributed ProcessGroup the caller owns (its members call this together), or None.
+        fresh_buffers: allocate new buffers every step (the pre-workspace behaviour; a benchmark peer).
     """
     if not isinstance(config, MoECommConfig):
         config = MoECommConfig.from_dict(config)
-    return DISPATCHER_CLASSES[config.dispatcher](config, num_experts, group)
+    return load(DISPATCHERS, config.dispatcher)(config, num_experts, group, fresh_buffers=fresh_buffers)
 
 
 __all__ = [
     "make_dispatcher",
+    "run_moe_step",
     "Dispatcher",
     "AlltoallvDispatcher",
     "AlltoallDispatcher",
@@ -54,6 +59,8 @@ __all__ = [
     "AllgatherHandle",
     "DropStats",
     "CommStepError",
+    "Transport",
+    "make_transport",
     "EPGroup",
     "MoECommConfig",
 ]

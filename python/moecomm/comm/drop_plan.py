@@ -2,17 +2,23 @@
 
 Every rank holds the same ``[R, E]`` count matrix after the count exchange, so every rank computes
 the same cap and the same quotas; each source rank then keeps its quota of each bucket by the drop
-policy (``ops.select_kept``), and rows are dropped on the sender before they travel.
+policy (``select_kept``), and rows are dropped on the sender before they travel. :func:`plan_step`
+runs all of it for one dispatch step; the rest are the plain functions it is made of.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from moecomm import ops
-from moecomm.ops._checks import check_choice, check_topology
+from moecomm.backends.base import KernelBackend
+from moecomm.comm.handle import DropStats
+from moecomm.comm.transports.base import Transport
+from moecomm.config import MoECommConfig
+from moecomm.ops._checks import ACTIVATION_DTYPES, check_choice, check_topology
 
 SCOPES = ("rank", "expert")
 
@@ -140,3 +146,142 @@ def effective_weights(topk_weights: torch.Tensor, is_kept: torch.Tensor | None, 
         scale = torch.where(kept_total != 0, weights.sum(dim=1, keepdim=True) / kept_total, torch.zeros_like(kept_total))
         kept = kept * scale
     return kept.contiguous()
+
+
+#: Trailing fields of each rank's count message after its ``[E]`` counts (and any extra counts).
+_META_FIELDS = ("num_tokens", "hidden", "top_k", "dtype")
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """One rank's view of a dispatch step after the count exchange and the drop plan.
+
+    Attributes:
+        is_kept: ``[T, K]`` bool pairs this rank sends.
+        topk_weights: ``[T, K]`` float32 weights combine applies (0 for dropped pairs).
+        layout: RouteLayout of the kept pairs (E experts, R ranks).
+        kept_counts: ``[R, E]`` int64 kept pairs per (source rank, expert), identical on every rank.
+        num_tokens_per_rank: ``[R]`` int64 T of every rank.
+        extra_counts: ``[R, X]`` int64 every rank's ``extra_counts`` (X = 0 when none were asked for).
+        stats: the step's DropStats.
+    """
+
+    is_kept: torch.Tensor
+    topk_weights: torch.Tensor
+    layout: ops.RouteLayout
+    kept_counts: torch.Tensor
+    num_tokens_per_rank: torch.Tensor
+    extra_counts: torch.Tensor
+    stats: DropStats
+
+
+def exchange_counts(
+    transport: Transport, owner: str, counts: torch.Tensor, extra: torch.Tensor, x: torch.Tensor, top_k: int, step: str
+) -> torch.Tensor:
+    """All-gathers ``counts [E]`` + ``extra [X]`` + (T, H, K, dtype) of every rank -> ``[R, E + X + 4]`` int64.
+
+    Raises ``ValueError`` on every rank (naming the field and each rank's value) when H, K or the dtype differ.
+    """
+    dtype_code = ACTIVATION_DTYPES.index(x.dtype)
+    meta = torch.tensor([x.shape[0], x.shape[1], top_k, dtype_code], dtype=torch.int64)
+    message = torch.cat([counts.to("cpu", torch.int64), extra.to("cpu", torch.int64), meta])
+    table = transport.all_gather("dispatch", step, message.to(x.device)).cpu()
+    gathered_meta = table[:, -len(_META_FIELDS) :]
+    for column, field in enumerate(_META_FIELDS[1:], start=1):
+        values = gathered_meta[:, column]
+        if bool((values != values[0]).any()):
+            shown = values.tolist()
+            if field == "dtype":
+                shown = [str(ACTIVATION_DTYPES[v]).replace("torch.", "") for v in shown]
+            per_rank = ", ".join(f"rank {r}: {v}" for r, v in enumerate(shown))
+            raise ValueError(f"rank {transport.rank}: {owner} dispatch: {field} differs across ranks ({per_rank})")
+    return table
+
+
+def plan_step(
+    config: MoECommConfig,
+    backend: KernelBackend,
+    transport: Transport,
+    owner: str,
+    num_experts: int,
+    x: torch.Tensor,
+    ids: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    pair_capacity: int | None = None,
+    extra_counts: Callable[[ops.RouteLayout, torch.Tensor], torch.Tensor] | None = None,
+) -> StepPlan:
+    """Count exchange + drop plan for one step (collectives: one all-gather, two with a drop ratio).
+
+    Args:
+        config: the dispatcher's config (drop ratio, capacity factor, policy, scope, renormalisation).
+        backend / transport: the kernel backend and the transport of the step.
+        owner: the dispatcher's name, for messages.
+        num_experts: E.
+        x: ``[T, H]`` tokens (only T, H and the dtype are read).
+        ids: ``[T, K]`` int32/int64 expert ids; weights: ``[T, K]`` float gate weights.
+        pair_capacity: rows per (source, destination) buffer when the wire caps them (alltoall), else None.
+        extra_counts: optional ``(kept layout, is_kept) -> [X]`` int64 counts every rank needs from every
+            other (e.g. tokens per destination rank), exchanged with the final count message.
+    """
+    num_ranks, rank = transport.world_size, transport.rank
+    top_k = ids.shape[1]
+    routed = backend.route_layout(ids, num_experts, num_ranks)  # every pair: the counts, or the dropless layout
+    no_extra = torch.zeros(0, dtype=torch.int64)
+    cap: int | None = None
+    scope: str | None = None
+    if config.drops_by_ratio:
+        table = exchange_counts(transport, owner, routed.tokens_per_expert, no_extra, x, top_k, "count exchange")
+        plan = plan_ratio(table[:, :num_experts], config.token_drop_ratio, config.drop_scope, num_ranks)
+        quota = plan.quotas[rank]
+        if pair_capacity is not None:
+            quota = quota_within_pair_capacity(quota, config.drop_scope, num_ranks, pair_capacity)
+        is_kept = backend.select_kept(
+            ids, weights, num_experts, capacity=quota.to(ids.device), scope=config.drop_scope, num_ranks=num_ranks,
+            policy=config.drop_policy,
+        )
+        layout = backend.route_layout(ids, num_experts, num_ranks, is_kept)
+        extra = no_extra if extra_counts is None else extra_counts(layout, is_kept)
+        kept_table = exchange_counts(transport, owner, layout.tokens_per_expert, extra, x, top_k, "kept-count exchange")
+        kept_counts = kept_table[:, :num_experts]
+        extra_table = kept_table[:, num_experts : num_experts + extra.numel()]
+        cap, scope = plan.cap, config.drop_scope
+    else:
+        if pair_capacity is not None:
+            cap, scope = pair_capacity, "pair"
+            is_kept = backend.select_kept(
+                ids, weights, num_experts, capacity=pair_capacity, scope="rank", num_ranks=num_ranks,
+                policy=config.drop_policy,
+            )
+        elif config.capacity_factor is not None:
+            cap, scope = ops.capacity_from_factor(ids.shape[0], top_k, num_experts, config.capacity_factor), "expert"
+            is_kept = backend.select_kept(
+                ids, weights, num_experts, capacity=cap, scope="expert", num_ranks=num_ranks, policy=config.drop_policy
+            )
+        else:
+            is_kept = torch.ones(ids.shape, dtype=torch.bool, device=ids.device)
+        # no cap in this branch means dropless: the layout of every pair is already at hand
+        layout = routed if cap is None else backend.route_layout(ids, num_experts, num_ranks, is_kept)
+        extra = no_extra if extra_counts is None else extra_counts(layout, is_kept)
+        table = exchange_counts(transport, owner, layout.tokens_per_expert, extra, x, top_k, "count exchange")
+        kept_counts = table[:, :num_experts]
+        extra_table = table[:, num_experts : num_experts + extra.numel()]
+    num_tokens = table[:, -len(_META_FIELDS)]
+    total_pairs = int((num_tokens * top_k).sum())
+    stats = DropStats(
+        dropped_pairs=total_pairs - int(kept_counts.sum()),
+        total_pairs=total_pairs,
+        local_dropped_pairs=ids.numel() - layout.num_rows,
+        received_per_rank=kept_counts.view(num_ranks, num_ranks, -1).sum(dim=(0, 2)),
+        cap=cap,
+        scope=scope,
+    )
+    return StepPlan(
+        is_kept=is_kept,
+        topk_weights=effective_weights(weights, is_kept, config.renormalize_kept),
+        layout=layout,
+        kept_counts=kept_counts.contiguous(),
+        num_tokens_per_rank=num_tokens.contiguous(),
+        extra_counts=extra_table.contiguous(),
+        stats=stats,
+    )

@@ -23,6 +23,9 @@ class DropStats:
             ``capacity_factor``, or the per-(source, destination) buffer rows of ``alltoall``; None if
             nothing capped the step.
         scope: what ``cap`` counts: ``"rank"``, ``"expert"`` or ``"pair"`` (alltoall buffer); None with no cap.
+        rows_sent: rows this rank sent to other ranks in this step's dispatch (a token-level dispatch
+            sends a token once per destination rank; a pair-level one once per kept (token, expert) pair).
+        bytes_sent: bytes of those rows (and their routing metadata) that crossed to other ranks in dispatch.
     """
 
     dropped_pairs: int
@@ -31,6 +34,8 @@ class DropStats:
     received_per_rank: torch.Tensor
     cap: int | None
     scope: str | None
+    rows_sent: int = 0
+    bytes_sent: int = 0
 
     @property
     def dropped_share(self) -> float:
@@ -66,6 +71,8 @@ class DropStats:
             "imbalance": self.imbalance,
             "cap": self.cap,
             "scope": self.scope,
+            "rows_sent": self.rows_sent,
+            "bytes_sent": self.bytes_sent,
         }
 
 
@@ -75,6 +82,7 @@ class DispatchHandle:
 
     Attributes:
         dispatcher: name of the dispatcher that made it (combine checks it).
+        step: the dispatcher's step number of this dispatch (combine refuses a stale handle).
         num_tokens: T of this rank's ``dispatch``.
         is_kept: ``[T, K]`` bool, the pairs this rank sent (False = dropped).
         topk_weights: ``[T, K]`` float32 weights combine applies (renormalised if configured).
@@ -85,6 +93,7 @@ class DispatchHandle:
     """
 
     dispatcher: str
+    step: int
     num_tokens: int
     is_kept: torch.Tensor
     topk_weights: torch.Tensor

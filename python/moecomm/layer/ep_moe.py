@@ -15,10 +15,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from moecomm.comm.moe_step import run_moe_step
 from moecomm.layer.experts import swiglu_experts
 from moecomm.layer.router import TopKRouter
 from moecomm.layer.shared_experts import SharedExperts
 from moecomm.ops._checks import ACTIVATION_DTYPES, check_positive_int, check_tensor
+from moecomm.registry import BLOCK_ADAPTERS, load
 
 if TYPE_CHECKING:
     from moecomm.config import MoECommConfig
@@ -182,15 +184,18 @@ class EPMoE(nn.Module):
             raise ValueError(f"x: expected a tensor [..., {self.hidden_size}] (hidden_size), got {shape}")
         if x.dtype != self.w13.dtype:
             raise TypeError(f"x: expected the layer's dtype {self.w13.dtype}, got {x.dtype}")
-        tokens = check_tensor("x", x.reshape(-1, self.hidden_size), dim=2, dtypes=ACTIVATION_DTYPES)
+        tokens = check_tensor("x", x.reshape(-1, self.hidden_size), dim=2, dtypes=ACTIVATION_DTYPES, cpu_only=False)
         topk_ids, topk_weights = self.router(tokens)
-        expert_rows, handle = self.dispatcher.dispatch(tokens, topk_ids, topk_weights)
-        expert_out = swiglu_experts(expert_rows, handle.tokens_per_local_expert, self.w13, self.w2)
-        out = self.dispatcher.combine(expert_out, handle).to(x.dtype)
+        out, handle = run_moe_step(self.dispatcher, tokens, topk_ids, topk_weights, self.local_experts_forward)
+        out = out.to(x.dtype)
         if self.shared_experts is not None:
             out = out + self.shared_experts(tokens)
         self.last_stats = handle.stats
         return out.reshape(x.shape)
+
+    def local_experts_forward(self, expert_x: torch.Tensor, tokens_per_local_expert: torch.Tensor) -> torch.Tensor:
+        """This rank's SwiGLU experts on ``expert_x [N_recv, H]`` grouped by ``tokens_per_local_expert [E_local]``."""
+        return swiglu_experts(expert_x, tokens_per_local_expert, self.w13, self.w2)
 
     @classmethod
     def from_module(
@@ -202,11 +207,10 @@ class EPMoE(nn.Module):
         """An EPMoE with the weights and routing of a HuggingFace MoE block (this rank's experts only).
 
         Supported: Mixtral, Qwen2-MoE, Qwen3-MoE and DeepSeek-V3 blocks of transformers 5.x
-        (see :data:`moecomm.integrations.transformers.SUPPORTED_BLOCKS`).
+        (see :data:`moecomm.integrations.transformers.SUPPORTED_BLOCKS`). The adapter is found through
+        :data:`moecomm.registry.BLOCK_ADAPTERS`: the layer does not import it.
         """
-        from moecomm.integrations.transformers import adopt_block
-
-        return adopt_block(cls, block, group, config)
+        return load(BLOCK_ADAPTERS, "transformers")(cls, block, group, config)
 
     def extra_repr(self) -> str:
         return (

@@ -7,6 +7,7 @@ import torch
 from moecomm import _C
 from moecomm.ops._checks import ACTIVATION_DTYPES, check_non_negative_int, check_tensor
 from moecomm.ops._native import num_threads, tensor_arg
+from moecomm.ops.permute import output_buffer
 
 
 def check_counts(counts: torch.Tensor, num_rows: int, capacity: int, num_buckets: int | None = None) -> torch.Tensor:
@@ -25,13 +26,16 @@ def check_counts(counts: torch.Tensor, num_rows: int, capacity: int, num_buckets
     return counts
 
 
-def pack_padded(rows: torch.Tensor, counts: torch.Tensor, capacity: int) -> torch.Tensor:
+def pack_padded(
+    rows: torch.Tensor, counts: torch.Tensor, capacity: int, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Packs expert-major rows into a zero-padded buffer, ``counts[b]`` rows per bucket.
 
     Args:
         rows: ``[N, H]`` float32/float16/bfloat16, buckets back to back.
         counts: ``[B]`` int32/int64 rows per bucket, each in ``[0, capacity]``, summing to N.
         capacity: slots per bucket (>= 0).
+        out: optional preallocated ``[B, capacity, H]`` contiguous tensor of rows' dtype to write into.
 
     Returns:
         ``[B, capacity, H]`` in rows' dtype; slots past ``counts[b]`` are zero.
@@ -39,17 +43,18 @@ def pack_padded(rows: torch.Tensor, counts: torch.Tensor, capacity: int) -> torc
     rows = check_tensor("rows", rows, dim=2, dtypes=ACTIVATION_DTYPES)
     capacity = check_non_negative_int("capacity", capacity)
     counts = check_counts(counts, rows.shape[0], capacity)
-    out = torch.empty((counts.numel(), capacity, rows.shape[1]), dtype=rows.dtype)
+    out = output_buffer(out, (counts.numel(), capacity, rows.shape[1]), rows.dtype)
     _C.pack_padded(tensor_arg("rows", rows), tensor_arg("counts", counts), tensor_arg("out", out), num_threads())
     return out
 
 
-def unpack_padded(buffer: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def unpack_padded(buffer: torch.Tensor, counts: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """Inverse of :func:`pack_padded`.
 
     Args:
         buffer: ``[B, capacity, H]`` float32/float16/bfloat16.
         counts: ``[B]`` int32/int64 valid rows per bucket, each in ``[0, capacity]``.
+        out: optional preallocated ``[sum(counts), H]`` contiguous tensor of buffer's dtype to write into.
 
     Returns:
         ``[sum(counts), H]`` in buffer's dtype.
@@ -58,6 +63,6 @@ def unpack_padded(buffer: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     counts = check_tensor("counts", counts, dim=1, dtypes=(torch.int32, torch.int64))
     total = int(counts.sum()) if counts.numel() else 0
     counts = check_counts(counts, total, buffer.shape[1], buffer.shape[0])
-    out = torch.empty((total, buffer.shape[2]), dtype=buffer.dtype)
+    out = output_buffer(out, (total, buffer.shape[2]), buffer.dtype)
     _C.unpack_padded(tensor_arg("buffer", buffer), tensor_arg("counts", counts), tensor_arg("out", out), num_threads())
     return out

@@ -45,11 +45,11 @@ def check_row_count(name: str, rows: torch.Tensor, layout: RouteLayout) -> None:
         raise ValueError(f"{name}: expected {layout.num_rows} rows (kept pairs of the layout), got {rows.shape[0]}")
 
 
-def output_buffer(out: torch.Tensor | None, shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+def output_buffer(out: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """A new ``shape`` tensor, or ``out`` checked to be a contiguous CPU tensor of that shape and dtype."""
     if out is None:
         return torch.empty(shape, dtype=dtype)
-    check_tensor("out", out, dim=2, dtypes=(dtype,))
+    check_tensor("out", out, dim=len(shape), dtypes=(dtype,))
     if tuple(out.shape) != shape or not out.is_contiguous():
         raise ValueError(f"out: expected a contiguous tensor of shape {list(shape)}, got {list(out.shape)}")
     return out

@@ -7,6 +7,7 @@ import torch
 from moecomm import _C
 from moecomm.ops._checks import ACTIVATION_DTYPES, check_tensor
 from moecomm.ops._native import num_threads, tensor_arg
+from moecomm.ops.permute import output_buffer
 
 
 def empty_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -31,7 +32,7 @@ def check_block_rows(block_rows: torch.Tensor, num_rows: int) -> torch.Tensor:
     return blocks
 
 
-def regroup_blocks(rows: torch.Tensor, block_rows: torch.Tensor) -> torch.Tensor:
+def regroup_blocks(rows: torch.Tensor, block_rows: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """Reorders blocks of rows from (outer, inner) order to (inner, outer) order.
 
     The dispatchers receive rows ordered by (source rank, local expert) and hand experts rows ordered
@@ -40,12 +41,13 @@ def regroup_blocks(rows: torch.Tensor, block_rows: torch.Tensor) -> torch.Tensor
     Args:
         rows: ``[N, H]`` float32/float16/bfloat16, blocks back to back in (outer, inner) order.
         block_rows: ``[A, B]`` int32/int64 rows of block (a, b), each >= 0, summing to N.
+        out: optional preallocated ``[N, H]`` contiguous tensor of rows' dtype to write into.
 
     Returns:
         ``[N, H]`` in rows' dtype: block (a, b) moved to position (b, a), rows inside a block unchanged.
     """
     rows = check_tensor("rows", rows, dim=2, dtypes=ACTIVATION_DTYPES)
     blocks = check_block_rows(block_rows, rows.shape[0])
-    out = torch.empty(rows.shape, dtype=rows.dtype)
+    out = output_buffer(out, tuple(rows.shape), rows.dtype)
     _C.regroup_blocks(tensor_arg("rows", rows), tensor_arg("block_rows", blocks), tensor_arg("out", out), num_threads())
     return out

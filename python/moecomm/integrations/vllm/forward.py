@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from moecomm.comm.moe_step import run_moe_step
 from moecomm.integrations.vllm.ownership import gather_token_slices, token_slice
 from moecomm.layer.experts import swiglu_experts
 
@@ -45,9 +46,10 @@ def ep_moe_forward(
     """
     num_tokens = x.shape[0]
     owned = token_slice(num_tokens, tp_rank, tp_size)
-    expert_x, handle = dispatcher.dispatch(x[owned], topk_ids[owned], topk_weights[owned])
-    expert_y = swiglu_experts(expert_x, handle.tokens_per_local_expert, w13, w2)
-    local_out = dispatcher.combine(expert_y, handle)
+    local_out, handle = run_moe_step(
+        dispatcher, x[owned], topk_ids[owned], topk_weights[owned],
+        lambda expert_x, tokens_per_expert: swiglu_experts(expert_x, tokens_per_expert, w13, w2),
+    )
     if tp_size == 1:
         return local_out, handle
     if gather:

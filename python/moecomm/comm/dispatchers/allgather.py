@@ -6,12 +6,13 @@ beyond the token-count padding (each rank's tokens are padded to the largest T o
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from moecomm import ops
-from moecomm.comm.base import Dispatcher
+from moecomm.comm.dispatchers.base import Dispatcher
 from moecomm.comm.handle import DispatchHandle
 
 
@@ -32,13 +33,19 @@ class AllgatherHandle(DispatchHandle):
 
 def _pad_rows(tensor: torch.Tensor, rows: int, value: float | int) -> torch.Tensor:
     """Pads ``tensor [T, *S]`` to ``[rows, *S]`` with ``value``."""
+    if tensor.shape[0] == rows:
+        return tensor
     out = tensor.new_full((rows, *tensor.shape[1:]), value)
     out[: tensor.shape[0]] = tensor
     return out
 
 
 class AllgatherDispatcher(Dispatcher):
-    """All-gather tokens, ids and weights; local experts; reduce-scatter the partial outputs."""
+    """All-gather tokens, ids and weights; local experts; reduce-scatter the partial outputs.
+
+    Buffers reused across steps: ``expert_x`` (the gathered rows of the local experts) and ``partial``
+    (the weighted partial outputs of every gathered token before the reduce-scatter).
+    """
 
     name = "allgather"
 
@@ -47,31 +54,43 @@ class AllgatherDispatcher(Dispatcher):
     ) -> tuple[torch.Tensor, AllgatherHandle]:
         """See :meth:`Dispatcher.dispatch`: ``x [T, H]``, ``topk_ids [T, K]``, ``topk_weights [T, K]``."""
         x, ids, weights = self.check_inputs(x, topk_ids, topk_weights)
+        backend = self.backend_for(x)
         plan = self.plan_step(x, ids, weights)
         max_tokens = int(plan.num_tokens_per_rank.max())
         sent_ids = torch.where(plan.is_kept, ids.to(torch.int64), torch.full_like(ids, -1, dtype=torch.int64))
-        all_x = self.ep.all_gather("dispatch", "token gather", _pad_rows(x, max_tokens, 0)).flatten(0, 1)
-        all_ids = self.ep.all_gather("dispatch", "id gather", _pad_rows(sent_ids, max_tokens, -1)).flatten(0, 1)
-        all_weights = self.ep.all_gather(
+        all_x = self.transport.all_gather("dispatch", "token gather", _pad_rows(x, max_tokens, 0)).flatten(0, 1)
+        all_ids = self.transport.all_gather("dispatch", "id gather", _pad_rows(sent_ids, max_tokens, -1)).flatten(0, 1)
+        all_weights = self.transport.all_gather(
             "dispatch", "weight gather", _pad_rows(plan.topk_weights, max_tokens, 0)
         ).flatten(0, 1)
         first = self.local_experts.start
         is_mine = (all_ids >= first) & (all_ids < self.local_experts.stop)
         local_ids = torch.where(is_mine, all_ids - first, torch.zeros_like(all_ids))
-        gathered_layout = ops.route_layout(local_ids, self.num_local_experts, 1, is_mine)
+        gathered_layout = backend.route_layout(local_ids, self.num_local_experts, 1, is_mine)
+        row_bytes = x.shape[1] * x.element_size() + ids.shape[1] * (8 + 4)
+        stats = dataclasses.replace(
+            plan.stats, rows_sent=(self.world_size - 1) * max_tokens,
+            bytes_sent=(self.world_size - 1) * max_tokens * row_bytes,
+        )
         handle = AllgatherHandle(
-            **self.handle_fields(x.shape[0], plan, gathered_layout.tokens_per_expert),
+            **{**self.handle_fields(x.shape[0], plan, gathered_layout.tokens_per_expert), "stats": stats},
             max_tokens=max_tokens,
             gathered_layout=gathered_layout,
             gathered_weights=all_weights,
         )
         # Gathered rows are in (source rank, token) order, so expert-major is (local expert, source rank).
-        return ops.permute(all_x, gathered_layout), handle
+        out = self.buffer("expert_x", gathered_layout.num_rows, x)
+        return backend.permute(all_x, gathered_layout, out=out), handle
 
     def combine(self, expert_y: torch.Tensor, handle: AllgatherHandle) -> torch.Tensor:
         """See :meth:`Dispatcher.combine`: ``expert_y [N_recv, H]`` -> ``[T, H]``."""
-        self.check_handle(handle, AllgatherHandle)
-        expert_y = self.check_expert_output(expert_y, handle)
-        partial = ops.unpermute(expert_y, handle.gathered_layout, handle.gathered_weights)  # [R * max_T, H]
-        mine = self.ep.reduce_scatter("combine", "output reduce-scatter", partial)
+        expert_y = self.check_combine(expert_y, handle, AllgatherHandle)
+        backend = self.backend_for(expert_y)
+        partial = backend.unpermute(  # [R * max_T, H]
+            expert_y, handle.gathered_layout, handle.gathered_weights,
+            out=self.workspace.buffer(
+                "partial", (handle.gathered_weights.shape[0], expert_y.shape[1]), expert_y.dtype, expert_y.device
+            ),
+        )
+        mine = self.transport.reduce_scatter("combine", "output reduce-scatter", partial)
         return mine[: handle.num_tokens]

@@ -7,12 +7,14 @@ Pairs beyond a destination's buffer rows are dropped on the sender by ``drop_pol
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from moecomm import ops
-from moecomm.comm.base import Dispatcher
+from moecomm.comm.dispatchers.alltoallv import pair_rows_sent
+from moecomm.comm.dispatchers.base import Dispatcher
 from moecomm.comm.handle import DispatchHandle
 
 
@@ -35,6 +37,8 @@ class AlltoallDispatcher(Dispatcher):
     """Padded all-to-all with ``ceil(f * max_tokens_per_rank * K / R)`` rows per (source, destination).
 
     ``capacity_factor=None`` means f = R: every pair fits (never drops) at R times the mean buffer.
+    Buffers reused across steps: ``send`` (kept rows), ``padded_send`` / ``padded_recv`` (``[R, C, H]``),
+    ``recv`` (unpadded received rows) and ``expert_x``.
     """
 
     name = "alltoall"
@@ -57,31 +61,51 @@ class AlltoallDispatcher(Dispatcher):
             )
         return x, ids, weights
 
+    def _padded(self, name: str, capacity: int, like: torch.Tensor) -> torch.Tensor:
+        return self.workspace.buffer(name, (self.world_size, capacity, like.shape[1]), like.dtype, like.device)
+
+    def _exchange(self, phase: str, rows: torch.Tensor, counts: torch.Tensor, capacity: int, out_rows: str,
+                  out_counts: torch.Tensor) -> torch.Tensor:
+        """Pads ``rows`` into ``[R, C, H]`` by ``counts``, exchanges equal parts, unpads by ``out_counts``."""
+        backend = self.backend_for(rows)
+        padded = backend.pack_padded(rows, counts, capacity, out=self._padded("padded_send", capacity, rows))
+        received = self.transport.all_to_all(
+            phase, "padded row exchange", padded, self.world_size,
+            out=None if self.world_size == 1 else self._padded("padded_recv", capacity, rows),
+        )
+        return backend.unpack_padded(received, out_counts, out=self.buffer(out_rows, int(out_counts.sum()), rows))
+
     def dispatch(
         self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor
     ) -> tuple[torch.Tensor, AlltoallHandle]:
         """See :meth:`Dispatcher.dispatch`: ``x [T, H]``, ``topk_ids [T, K]``, ``topk_weights [T, K]``."""
         x, ids, weights = self.check_inputs(x, topk_ids, topk_weights)
+        backend = self.backend_for(x)
         capacity = self.pair_capacity(ids.shape[1])
         plan = self.plan_step(x, ids, weights)
-        received = self.received_from_rank(plan)
         send_counts = plan.layout.tokens_per_rank
-        recv_counts = received.sum(dim=1)
-        send_buffer = ops.pack_padded(ops.permute(x, plan.layout), send_counts, capacity)  # [R, C, H]
-        recv_buffer = self.ep.all_to_all("dispatch", "padded row exchange", send_buffer, self.world_size)
+        recv_counts = self.received_from_rank(plan).sum(dim=1)
+        rows = backend.permute(x, plan.layout, out=self.buffer("send", plan.layout.num_rows, x))
+        received = self._exchange("dispatch", rows, send_counts, capacity, "recv", recv_counts)
+        # The padded exchange puts all C rows of every other rank's buffer on the wire, padding included.
+        row_bytes = x.shape[1] * x.element_size()
+        rows_sent = pair_rows_sent(send_counts.tolist(), self.rank, row_bytes)["rows_sent"]
+        stats = dataclasses.replace(
+            plan.stats, rows_sent=rows_sent, bytes_sent=(self.world_size - 1) * capacity * row_bytes
+        )
         handle = AlltoallHandle(
-            **self.handle_fields(x.shape[0], plan),
+            **{**self.handle_fields(x.shape[0], plan), "stats": stats},
             pair_capacity=capacity,
             send_counts=send_counts,
             recv_counts=recv_counts,
         )
-        return self.to_expert_major(ops.unpack_padded(recv_buffer, recv_counts), handle), handle
+        return self.to_expert_major(backend, received, handle), handle
 
     def combine(self, expert_y: torch.Tensor, handle: AlltoallHandle) -> torch.Tensor:
         """See :meth:`Dispatcher.combine`: ``expert_y [N_recv, H]`` -> ``[T, H]``."""
-        self.check_handle(handle, AlltoallHandle)
-        expert_y = self.check_expert_output(expert_y, handle)
-        source_major = self.to_source_major(expert_y, handle)
-        send_buffer = ops.pack_padded(source_major, handle.recv_counts, handle.pair_capacity)
-        recv_buffer = self.ep.all_to_all("combine", "padded row exchange", send_buffer, self.world_size)
-        return ops.unpermute(ops.unpack_padded(recv_buffer, handle.send_counts), handle.layout, handle.topk_weights)
+        expert_y = self.check_combine(expert_y, handle, AlltoallHandle)
+        backend = self.backend_for(expert_y)
+        source_major = self.to_source_major(backend, expert_y, handle)
+        returned = self._exchange("combine", source_major, handle.recv_counts, handle.pair_capacity, "send",
+                                  handle.send_counts)
+        return backend.unpermute(returned, handle.layout, handle.topk_weights)
