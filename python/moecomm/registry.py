@@ -13,6 +13,7 @@ from typing import Any
 #: Wire patterns (what is exchanged): ``comm/dispatchers/``.
 DISPATCHERS: dict[str, str] = {
     "alltoallv": "moecomm.comm.dispatchers.alltoallv:AlltoallvDispatcher",
+    "alltoallv-pairs": "moecomm.comm.dispatchers.alltoallv_pairs:AlltoallvPairsDispatcher",
     "alltoall": "moecomm.comm.dispatchers.alltoall:AlltoallDispatcher",
     "allgather": "moecomm.comm.dispatchers.allgather:AllgatherDispatcher",
 }

@@ -24,7 +24,7 @@ from comm_workers import make_batch, run_cases
 
 from moecomm.testing.launch import run_local
 
-DISPATCHERS = ("alltoallv", "alltoall", "allgather")
+DISPATCHERS = ("alltoallv", "alltoallv-pairs", "alltoall", "allgather")
 #: (transport, kernel_backend) every case runs under: the suite must give the same results on each.
 AXES = (("torch", "auto"), ("torch", "torch"))
 
@@ -138,7 +138,9 @@ def _check_roundtrip(case: dict[str, Any], world_size: int, results: list[dict[s
     assert stats[0]["total_pairs"] == total and stats[0]["dropped_pairs"] == dropped
     for rank in range(world_size):
         assert stats[rank]["local_dropped_pairs"] == int((~kept[rank]).sum())
-        assert stats[rank]["rows_sent"] == expected_rows_sent(config["dispatcher"], batch, kept, rank, experts, world_size)
+        assert stats[rank]["rows_sent"] == expected_rows_sent(
+            config["dispatcher"], batch, kept, rank, experts, world_size, token_level=config["dispatcher"] == "alltoallv"
+        )
     all_ids = torch.cat([b["topk_ids"] for b in batch])
     all_kept = torch.cat(kept)
     received = torch.bincount(bucket_of(all_ids[all_kept], "rank", experts, world_size), minlength=world_size)

@@ -15,6 +15,8 @@ from moecomm.comm.dispatchers import (
     AlltoallHandle,
     AlltoallvDispatcher,
     AlltoallvHandle,
+    AlltoallvPairsDispatcher,
+    AlltoallvPairsHandle,
     Dispatcher,
 )
 from moecomm.comm.group import EPGroup
@@ -51,6 +53,8 @@ __all__ = [
     "run_moe_step",
     "Dispatcher",
     "AlltoallvDispatcher",
+    "AlltoallvPairsDispatcher",
+    "AlltoallvPairsHandle",
     "AlltoallDispatcher",
     "AllgatherDispatcher",
     "DispatchHandle",

@@ -43,7 +43,8 @@ def _pad_rows(tensor: torch.Tensor, rows: int, value: float | int) -> torch.Tens
 class AllgatherDispatcher(Dispatcher):
     """All-gather tokens, ids and weights; local experts; reduce-scatter the partial outputs.
 
-    Buffers reused across steps: ``expert_x`` (the gathered rows of the local experts) and ``partial``
+    Buffers reused across steps: ``gathered`` (every rank's tokens), ``expert_x`` (the gathered rows of the local
+    experts) and ``partial``
     (the weighted partial outputs of every gathered token before the reduce-scatter).
     """
 
@@ -58,7 +59,10 @@ class AllgatherDispatcher(Dispatcher):
         plan = self.plan_step(x, ids, weights)
         max_tokens = int(plan.num_tokens_per_rank.max())
         sent_ids = torch.where(plan.is_kept, ids.to(torch.int64), torch.full_like(ids, -1, dtype=torch.int64))
-        all_x = self.transport.all_gather("dispatch", "token gather", _pad_rows(x, max_tokens, 0)).flatten(0, 1)
+        gathered_x = self.workspace.buffer("gathered", (self.world_size, max_tokens, x.shape[1]), x.dtype, x.device)
+        all_x = self.transport.all_gather(
+            "dispatch", "token gather", _pad_rows(x, max_tokens, 0), out=gathered_x
+        ).flatten(0, 1)
         all_ids = self.transport.all_gather("dispatch", "id gather", _pad_rows(sent_ids, max_tokens, -1)).flatten(0, 1)
         all_weights = self.transport.all_gather(
             "dispatch", "weight gather", _pad_rows(plan.topk_weights, max_tokens, 0)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from moecomm import ops
-from moecomm.comm.dispatchers.alltoallv import pair_rows_sent
+from moecomm.comm.dispatchers.alltoallv_pairs import pair_rows_sent
 from moecomm.comm.dispatchers.base import Dispatcher
 from moecomm.comm.handle import DispatchHandle
 

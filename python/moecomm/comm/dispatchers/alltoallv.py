@@ -1,4 +1,18 @@
-"""alltoallv: count exchange, then a variable-split all-to-all of exactly the kept rows (one per kept pair)."""
+"""alltoallv: token-level all-to-all-v: each kept token crosses once per destination rank, not once per pair.
+
+Dispatch: after the count exchange (which also shares every rank's tokens-per-destination counts), rank s
+sends each token that has a kept pair on rank d once to d, with that token's (local expert id, weight) pairs
+for d's experts (``-1`` / 0 for pairs elsewhere or dropped). Rank d lays the received token rows out
+expert-major for its local experts (local expert, then source rank, token, k: the contract of every dispatcher).
+
+Combine: rank d reduces, per received token row, the weighted outputs of its own experts (float32
+accumulation, rounded once to the expert output's dtype) and sends one row per (token, source) back; the
+source sums its partial rows (float32 accumulation). Token drop keeps its exact semantics: the same plan, the
+same kept pairs, and a dropped pair is never sent (a token whose pairs on d are all dropped does not go to d).
+
+Buffers reused across steps: ``send`` (token rows in (destination, token) order, later the partial rows coming
+back), ``recv`` (token rows as received), ``expert_x`` and ``partial``.
+"""
 
 from __future__ import annotations
 
@@ -9,36 +23,60 @@ import torch
 
 from moecomm.comm.dispatchers.base import Dispatcher
 from moecomm.comm.handle import DispatchHandle
+from moecomm.ops.layout import RouteLayout
 
 
 @dataclass(frozen=True)
 class AlltoallvHandle(DispatchHandle):
-    """DispatchHandle plus the split sizes of the exchange.
+    """DispatchHandle plus the token-level exchange's layouts.
 
     Attributes:
-        send_splits: rows this rank sent to each rank (list of R ints).
-        recv_splits: rows this rank received from each rank (list of R ints).
+        send_splits: token rows this rank sent to each rank (list of R ints).
+        recv_splits: token rows this rank received from each rank (list of R ints).
+        dest_layout: layout of this rank's ``[T, R]`` (token, destination rank) pairs: row of each in the send
+            order (destination, then token); None with one rank.
+        recv_layout: layout of the received token rows' ``[N_tok, K]`` (row, k) pairs over the local experts.
+        recv_weights: ``[N_tok, K]`` float32 weights of those pairs (0 where the pair is not here).
     """
 
     send_splits: list[int]
     recv_splits: list[int]
+    dest_layout: RouteLayout | None
+    recv_layout: RouteLayout
+    recv_weights: torch.Tensor
 
 
-def pair_rows_sent(send_splits: list[int], rank: int, row_bytes: int) -> dict[str, int]:
-    """``rows_sent`` / ``bytes_sent`` of a pair-level exchange: every row except those to this rank itself."""
-    rows = sum(send_splits) - send_splits[rank]
-    return {"rows_sent": rows, "bytes_sent": rows * row_bytes}
+def token_destinations(ids: torch.Tensor, is_kept: torch.Tensor, experts_per_rank: int, num_ranks: int) -> torch.Tensor:
+    """``[T, R]`` bool: token t has at least one kept pair among rank r's experts (``ids [T, K]``, ``is_kept [T, K]``)."""
+    dest = torch.div(ids.to(torch.int64), experts_per_rank, rounding_mode="floor")
+    hits = torch.zeros((ids.shape[0], num_ranks), dtype=torch.int32, device=ids.device)
+    return hits.scatter_add_(1, dest, is_kept.to(torch.int32)) > 0
 
 
 class AlltoallvDispatcher(Dispatcher):
-    """Variable-split all-to-all: sends exactly the kept rows (host sync on the split sizes).
-
-    Buffers reused across steps: ``send`` (rows in (destination rank, local expert) order, later the rows
-    combine gets back), ``recv`` (rows as received, later the expert outputs in source order) and
-    ``expert_x`` (what :meth:`dispatch` returns).
-    """
+    """Token-level variable-split all-to-all (host sync on the split sizes; see the module docstring)."""
 
     name = "alltoallv"
+
+    def _routing_metadata(
+        self, ids: torch.Tensor, is_kept: torch.Tensor, weights: torch.Tensor, dest_layout: RouteLayout,
+        dest_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """``[N_send, 2K]`` int32 per sent token row: its K local expert ids on the destination (-1 where the pair
+        is not for it or dropped), then its K float32 weights (bit-cast to int32)."""
+        num_tokens, num_ranks = dest_mask.shape
+        device = ids.device
+        rows = dest_layout.row_of_pair[dest_mask]
+        token_of_row = torch.empty(rows.numel(), dtype=torch.int64, device=device)
+        dest_of_row = torch.empty_like(token_of_row)
+        token_of_row[rows] = torch.arange(num_tokens, device=device).unsqueeze(1).expand(num_tokens, num_ranks)[dest_mask]
+        dest_of_row[rows] = torch.arange(num_ranks, device=device).expand(num_tokens, num_ranks)[dest_mask]
+        row_ids = ids.to(torch.int64)[token_of_row]
+        first = (dest_of_row * self.num_local_experts).unsqueeze(1)
+        here = is_kept[token_of_row] & (row_ids >= first) & (row_ids < first + self.num_local_experts)
+        local_ids = torch.where(here, row_ids - first, torch.full_like(row_ids, -1)).to(torch.int32)
+        row_weights = torch.where(here, weights[token_of_row], torch.zeros((), device=device))
+        return torch.cat([local_ids, row_weights.contiguous().view(torch.int32)], dim=1)
 
     def dispatch(
         self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor
@@ -46,30 +84,67 @@ class AlltoallvDispatcher(Dispatcher):
         """See :meth:`Dispatcher.dispatch`: ``x [T, H]``, ``topk_ids [T, K]``, ``topk_weights [T, K]``."""
         x, ids, weights = self.check_inputs(x, topk_ids, topk_weights)
         backend = self.backend_for(x)
-        plan = self.plan_step(x, ids, weights)
-        received = self.received_from_rank(plan)
-        send_splits = plan.layout.tokens_per_rank.tolist()
-        recv_splits = received.sum(dim=1).tolist()
-        rows = backend.permute(x, plan.layout, out=self.buffer("send", plan.layout.num_rows, x))
+        num_ranks, top_k = self.world_size, ids.shape[1]
+        masks: list[torch.Tensor] = []
+
+        def tokens_per_destination(layout: RouteLayout, is_kept: torch.Tensor) -> torch.Tensor:
+            masks.append(token_destinations(ids, is_kept, self.num_local_experts, num_ranks))
+            return masks[-1].sum(dim=0)
+
+        plan = self.plan_step(x, ids, weights, extra_counts=tokens_per_destination)
+        if num_ranks == 1:  # nothing crosses: the token rows are x itself
+            fields = self.handle_fields(x.shape[0], plan)
+            handle = AlltoallvHandle(**fields, send_splits=[x.shape[0]], recv_splits=[x.shape[0]], dest_layout=None,
+                                     recv_layout=plan.layout, recv_weights=plan.topk_weights)
+            return backend.permute(x, plan.layout, out=self.buffer("expert_x", plan.layout.num_rows, x)), handle
+        dest_mask = masks[-1]
+        send_splits = plan.extra_counts[self.rank].tolist()
+        recv_splits = plan.extra_counts[:, self.rank].tolist()
+        dest_ids = torch.arange(num_ranks, device=x.device).expand(x.shape[0], num_ranks).contiguous()
+        dest_layout = backend.route_layout(dest_ids, num_ranks, num_ranks, dest_mask)
+        rows = backend.permute(x, dest_layout, out=self.buffer("send", dest_layout.num_rows, x))
+        metadata = self._routing_metadata(ids, plan.is_kept, plan.topk_weights, dest_layout, dest_mask)
+        received_metadata = self.transport.all_to_all(
+            "dispatch", "routing exchange", metadata, sum(recv_splits), recv_splits, send_splits
+        )
         received_rows = self.transport.all_to_all(
-            "dispatch", "row exchange", rows, sum(recv_splits), recv_splits, send_splits,
-            out=None if self.world_size == 1 else self.buffer("recv", sum(recv_splits), x),
+            "dispatch", "token exchange", rows, sum(recv_splits), recv_splits, send_splits,
+            out=self.buffer("recv", sum(recv_splits), x),
         )
-        stats = dataclasses.replace(plan.stats, **pair_rows_sent(send_splits, self.rank, x.shape[1] * x.element_size()))
-        handle = AlltoallvHandle(
-            **{**self.handle_fields(x.shape[0], plan), "stats": stats},
-            send_splits=send_splits,
-            recv_splits=recv_splits,
+        local_ids = received_metadata[:, :top_k]
+        recv_weights = received_metadata[:, top_k:].contiguous().view(torch.float32)
+        recv_kept = local_ids >= 0
+        recv_layout = backend.route_layout(
+            torch.where(recv_kept, local_ids, torch.zeros_like(local_ids)), self.num_local_experts, 1, recv_kept
         )
-        return self.to_expert_major(backend, received_rows, handle), handle
+        fields = self.handle_fields(x.shape[0], plan)
+        if not torch.equal(recv_layout.tokens_per_expert.cpu(), fields["tokens_per_local_expert"]):
+            raise self.transport.fail(
+                "dispatch", "routing exchange",
+                f"received routing names {recv_layout.tokens_per_expert.tolist()} rows per local expert, the count "
+                f"exchange promised {fields['tokens_per_local_expert'].tolist()}",
+            )
+        row_bytes = x.shape[1] * x.element_size() + metadata.shape[1] * metadata.element_size()
+        crossed = sum(send_splits) - send_splits[self.rank]
+        fields["stats"] = dataclasses.replace(plan.stats, rows_sent=crossed, bytes_sent=crossed * row_bytes)
+        handle = AlltoallvHandle(**fields, send_splits=send_splits, recv_splits=recv_splits, dest_layout=dest_layout,
+                                 recv_layout=recv_layout, recv_weights=recv_weights)
+        expert_x = backend.permute(received_rows, recv_layout, out=self.buffer("expert_x", recv_layout.num_rows, x))
+        return expert_x, handle
 
     def combine(self, expert_y: torch.Tensor, handle: AlltoallvHandle) -> torch.Tensor:
         """See :meth:`Dispatcher.combine`: ``expert_y [N_recv, H]`` -> ``[T, H]``."""
         expert_y = self.check_combine(expert_y, handle, AlltoallvHandle)
         backend = self.backend_for(expert_y)
-        source_major = self.to_source_major(backend, expert_y, handle)
-        returned = self.transport.all_to_all(
-            "combine", "row exchange", source_major, sum(handle.send_splits), handle.send_splits, handle.recv_splits,
-            out=None if self.world_size == 1 else self.buffer("send", sum(handle.send_splits), expert_y),
+        if handle.dest_layout is None:
+            return backend.unpermute(expert_y, handle.recv_layout, handle.recv_weights)
+        num_partial = sum(handle.recv_splits)
+        partial = backend.unpermute(
+            expert_y, handle.recv_layout, handle.recv_weights, out=self.buffer("partial", num_partial, expert_y)
         )
-        return backend.unpermute(returned, handle.layout, handle.topk_weights)
+        returned = self.transport.all_to_all(
+            "combine", "partial exchange", partial, sum(handle.send_splits), handle.send_splits, handle.recv_splits,
+            out=self.buffer("send", sum(handle.send_splits), expert_y),
+        )
+        ones = torch.ones(handle.dest_layout.row_of_pair.shape, dtype=torch.float32, device=expert_y.device)
+        return backend.unpermute(returned, handle.dest_layout, ones)

@@ -87,14 +87,25 @@ class Transport(ABC):
                 raise
             raise CommStepError(message) from error
 
+    def fail(self, phase: str, step: str, reason: str) -> CommStepError:
+        """Marks the transport broken because ``step`` found the group out of step (e.g. a peer's data contradicts
+        the agreed counts) and returns the :class:`CommStepError` to raise."""
+        message = f"rank {self.rank}: {self.owner} {phase} step {step!r} failed: {reason}"
+        self._broken = message
+        self.on_broken()
+        return CommStepError(message)
+
     def on_broken(self) -> None:
         """Hook: release what a failed step may have left in flight (default: nothing)."""
 
     # ---- the collectives ----
 
     @abstractmethod
-    def all_gather(self, phase: str, step: str, tensor: torch.Tensor) -> torch.Tensor:
-        """All ranks' ``tensor [N, *S]`` (same shape and dtype everywhere, N >= 0) -> ``[R, N, *S]`` in rank order."""
+    def all_gather(
+        self, phase: str, step: str, tensor: torch.Tensor, *, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """All ranks' ``tensor [N, *S]`` (same shape and dtype everywhere, N >= 0) -> ``[R, N, *S]`` in rank order
+        (into ``out``, a contiguous ``[R, N, *S]`` buffer of tensor's dtype, when given)."""
 
     @abstractmethod
     def all_to_all(

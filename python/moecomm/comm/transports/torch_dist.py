@@ -71,14 +71,22 @@ class TorchTransport(Transport):
         if work is not None:
             work.wait(timeout=self.timeout)
 
-    def all_gather(self, phase: str, step: str, tensor: torch.Tensor) -> torch.Tensor:
+    def all_gather(
+        self, phase: str, step: str, tensor: torch.Tensor, *, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         tensor = tensor.contiguous()
+        shape = (self.world_size, *tensor.shape)
+        if out is not None:
+            check_out(out, shape, tensor)
         if self.group is None:
-            return self.step(phase, step, lambda: tensor.unsqueeze(0).clone())
+            if out is None:
+                return self.step(phase, step, lambda: tensor.unsqueeze(0).clone())
+            return self.step(phase, step, lambda: out.copy_(tensor.unsqueeze(0)))
+        gathered = tensor.new_empty(shape) if out is None else out
         # gloo wants the output as the inputs concatenated along dim 0, not stacked.
-        out = tensor.new_empty((self.world_size * tensor.shape[0], *tensor.shape[1:]))
-        self.step(phase, step, lambda: self._wait(_ALL_GATHER(out, tensor, group=self.group, async_op=True)))
-        return out.view(self.world_size, *tensor.shape)
+        flat = gathered.view(self.world_size * tensor.shape[0], *tensor.shape[1:])
+        self.step(phase, step, lambda: self._wait(_ALL_GATHER(flat, tensor, group=self.group, async_op=True)))
+        return gathered
 
     def all_to_all(
         self,
