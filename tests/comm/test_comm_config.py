@@ -26,7 +26,7 @@ def test_comm_config_defaults_and_round_trip() -> None:
 @pytest.mark.parametrize(
     ("values", "words"),
     [
-        ({"dispatcher": "nccl"}, ["dispatcher", "'alltoallv', 'alltoall', 'allgather'"]),
+        ({"dispatcher": "nccl"}, ["dispatcher", "'alltoallv', 'alltoallv-pairs', 'alltoall', 'allgather'"]),
         ({"token_drop_ratio": 1.0}, ["token_drop_ratio", "[0, 1)"]),
         ({"token_drop_ratio": -0.1}, ["token_drop_ratio"]),
         ({"capacity_factor": 0}, ["capacity_factor", "> 0"]),
