@@ -10,18 +10,20 @@ accumulation, rounded once to the expert output's dtype) and sends one row per (
 source sums its partial rows (float32 accumulation). Token drop keeps its exact semantics: the same plan, the
 same kept pairs, and a dropped pair is never sent (a token whose pairs on d are all dropped does not go to d).
 
-Buffers reused across steps: ``send`` (token rows in (destination, token) order, later the partial rows coming
-back), ``recv`` (token rows as received), ``expert_x`` and ``partial``.
+Buffers reused across steps: ``expert_x`` and ``partial``, plus the exchange's (``send`` and ``recv`` over
+collectives; the shared regions over ``shm``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from moecomm.comm.dispatchers.base import Dispatcher
+from moecomm.comm.dispatchers.token_exchange import token_exchange
 from moecomm.comm.handle import DispatchHandle
 from moecomm.ops.layout import RouteLayout
 
@@ -33,6 +35,7 @@ class AlltoallvHandle(DispatchHandle):
     Attributes:
         send_splits: token rows this rank sent to each rank (list of R ints).
         recv_splits: token rows this rank received from each rank (list of R ints).
+        token_counts: ``[R, R]`` int64 token rows every (source, destination) pair exchanged.
         dest_layout: layout of this rank's ``[T, R]`` (token, destination rank) pairs: row of each in the send
             order (destination, then token); None with one rank.
         recv_layout: layout of the received token rows' ``[N_tok, K]`` (row, k) pairs over the local experts.
@@ -41,6 +44,7 @@ class AlltoallvHandle(DispatchHandle):
 
     send_splits: list[int]
     recv_splits: list[int]
+    token_counts: torch.Tensor
     dest_layout: RouteLayout | None
     recv_layout: RouteLayout
     recv_weights: torch.Tensor
@@ -54,9 +58,18 @@ def token_destinations(ids: torch.Tensor, is_kept: torch.Tensor, experts_per_ran
 
 
 class AlltoallvDispatcher(Dispatcher):
-    """Token-level variable-split all-to-all (host sync on the split sizes; see the module docstring)."""
+    """Token-level variable-split all-to-all (host sync on the split sizes; see the module docstring).
+
+    Over the ``shm`` transport the rows go straight into the peers' shared regions
+    (:class:`~moecomm.comm.dispatchers.token_exchange.RegionTokenExchange`); over any other through its
+    ``all_to_all``.
+    """
 
     name = "alltoallv"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.exchange = token_exchange(self.transport, self.workspace)
 
     def _routing_metadata(
         self, ids: torch.Tensor, is_kept: torch.Tensor, weights: torch.Tensor, dest_layout: RouteLayout,
@@ -94,23 +107,17 @@ class AlltoallvDispatcher(Dispatcher):
         plan = self.plan_step(x, ids, weights, extra_counts=tokens_per_destination)
         if num_ranks == 1:  # nothing crosses: the token rows are x itself
             fields = self.handle_fields(x.shape[0], plan)
-            handle = AlltoallvHandle(**fields, send_splits=[x.shape[0]], recv_splits=[x.shape[0]], dest_layout=None,
+            handle = AlltoallvHandle(**fields, send_splits=[x.shape[0]], recv_splits=[x.shape[0]],
+                                     token_counts=plan.extra_counts, dest_layout=None,
                                      recv_layout=plan.layout, recv_weights=plan.topk_weights)
             return backend.permute(x, plan.layout, out=self.buffer("expert_x", plan.layout.num_rows, x)), handle
         dest_mask = masks[-1]
-        send_splits = plan.extra_counts[self.rank].tolist()
-        recv_splits = plan.extra_counts[:, self.rank].tolist()
+        counts = plan.extra_counts  # [R, R] token rows (source, destination)
+        send_splits, recv_splits = counts[self.rank].tolist(), counts[:, self.rank].tolist()
         dest_ids = torch.arange(num_ranks, device=x.device).expand(x.shape[0], num_ranks).contiguous()
         dest_layout = backend.route_layout(dest_ids, num_ranks, num_ranks, dest_mask)
-        rows = backend.permute(x, dest_layout, out=self.buffer("send", dest_layout.num_rows, x))
         metadata = self._routing_metadata(ids, plan.is_kept, plan.topk_weights, dest_layout, dest_mask)
-        received_metadata = self.transport.all_to_all(
-            "dispatch", "routing exchange", metadata, sum(recv_splits), recv_splits, send_splits
-        )
-        received_rows = self.transport.all_to_all(
-            "dispatch", "token exchange", rows, sum(recv_splits), recv_splits, send_splits,
-            out=self.buffer("recv", sum(recv_splits), x),
-        )
+        received_rows, received_metadata = self.exchange.send_tokens(backend, x, dest_layout, metadata, counts)
         local_ids = received_metadata[:, :top_k]
         recv_weights = received_metadata[:, top_k:].contiguous().view(torch.float32)
         recv_kept = local_ids >= 0
@@ -127,7 +134,8 @@ class AlltoallvDispatcher(Dispatcher):
         row_bytes = x.shape[1] * x.element_size() + metadata.shape[1] * metadata.element_size()
         crossed = sum(send_splits) - send_splits[self.rank]
         fields["stats"] = dataclasses.replace(plan.stats, rows_sent=crossed, bytes_sent=crossed * row_bytes)
-        handle = AlltoallvHandle(**fields, send_splits=send_splits, recv_splits=recv_splits, dest_layout=dest_layout,
+        handle = AlltoallvHandle(**fields, send_splits=send_splits, recv_splits=recv_splits, token_counts=counts,
+                                 dest_layout=dest_layout,
                                  recv_layout=recv_layout, recv_weights=recv_weights)
         expert_x = backend.permute(received_rows, recv_layout, out=self.buffer("expert_x", recv_layout.num_rows, x))
         return expert_x, handle
@@ -142,9 +150,6 @@ class AlltoallvDispatcher(Dispatcher):
         partial = backend.unpermute(
             expert_y, handle.recv_layout, handle.recv_weights, out=self.buffer("partial", num_partial, expert_y)
         )
-        returned = self.transport.all_to_all(
-            "combine", "partial exchange", partial, sum(handle.send_splits), handle.send_splits, handle.recv_splits,
-            out=self.buffer("send", sum(handle.send_splits), expert_y),
-        )
+        returned = self.exchange.return_partials(partial, handle.token_counts)
         ones = torch.ones(handle.dest_layout.row_of_pair.shape, dtype=torch.float32, device=expert_y.device)
         return backend.unpermute(returned, handle.dest_layout, ones)

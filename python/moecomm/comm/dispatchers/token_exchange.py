@@ -1,0 +1,167 @@
+"""How the token-level ``alltoallv`` moves its rows: through collectives, or straight into peers' memory.
+
+Both exchanges move the same bytes in the same order, so the dispatcher above them is written once:
+
+- :class:`CollectiveTokenExchange` (any transport): the token rows are laid out in (destination, token) order
+  in the ``send`` buffer and exchanged with two ``all_to_all`` calls (rows, routing metadata); the partial
+  rows come back with a third.
+- :class:`RegionTokenExchange` (transports with shared regions, i.e. ``shm``): the sender copies each token
+  row from ``x`` straight into the destination's ``dispatch`` region (no send buffer, no receive copy), and
+  each expert rank copies its partial rows straight into the source's ``combine`` region; a ``sync`` (one
+  barrier) publishes each step's writes.
+
+Region layout of rank d (offsets from the count exchange, identical on every rank): ``dispatch`` holds
+``[N_in, H]`` token rows from every source s in rank order (``n[s, d]`` rows each), then ``[N_in, 2K]`` int32
+routing metadata; ``combine`` holds the ``[N_back, H]`` partial rows coming back, from each destination in rank
+order (``n[d, e]`` rows from rank e).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from moecomm.backends.base import KernelBackend
+from moecomm.comm.transports.base import Transport
+from moecomm.comm.workspace import Workspace
+from moecomm.ops.layout import RouteLayout
+
+#: Byte alignment of the blocks inside a region.
+_ALIGN = 64
+#: Widest element size a partial row may have (float32), so the combine region never needs a second sync.
+_MAX_ELEMENT_BYTES = 4
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // _ALIGN) * _ALIGN
+
+
+def _row_offsets(counts: list[int]) -> list[int]:
+    """Exclusive prefix sums of ``counts`` (first row of each block)."""
+    offsets, total = [], 0
+    for count in counts:
+        offsets.append(total)
+        total += count
+    return offsets
+
+
+class CollectiveTokenExchange:
+    """Token rows and partial rows through the transport's ``all_to_all``."""
+
+    def __init__(self, transport: Transport, workspace: Workspace) -> None:
+        self.transport = transport
+        self.workspace = workspace
+
+    def send_tokens(
+        self,
+        backend: KernelBackend,
+        x: torch.Tensor,
+        dest_layout: RouteLayout,
+        metadata: torch.Tensor,
+        counts: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sends token rows and their ``metadata [N_send, 2K]`` int32; ``counts [R, R]`` int64 token rows (source,
+        destination). Returns (``[N_in, H]`` received rows, ``[N_in, 2K]`` received metadata)."""
+        rank = self.transport.rank
+        send_splits, recv_splits = counts[rank].tolist(), counts[:, rank].tolist()
+        rows = backend.permute(x, dest_layout, out=self._buffer("send", dest_layout.num_rows, x))
+        received_metadata = self.transport.all_to_all(
+            "dispatch", "routing exchange", metadata, sum(recv_splits), recv_splits, send_splits
+        )
+        received_rows = self.transport.all_to_all(
+            "dispatch", "token exchange", rows, sum(recv_splits), recv_splits, send_splits,
+            out=self._buffer("recv", sum(recv_splits), x),
+        )
+        return received_rows, received_metadata
+
+    def return_partials(self, partial: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Sends ``partial [N_in, H]`` rows back to their sources; returns this rank's ``[N_back, H]``."""
+        rank = self.transport.rank
+        send_splits, recv_splits = counts[rank].tolist(), counts[:, rank].tolist()
+        return self.transport.all_to_all(
+            "combine", "partial exchange", partial, sum(send_splits), send_splits, recv_splits,
+            out=self._buffer("send", sum(send_splits), partial),
+        )
+
+    def _buffer(self, name: str, rows: int, like: torch.Tensor) -> torch.Tensor:
+        return self.workspace.buffer(name, (rows, *like.shape[1:]), like.dtype, like.device)
+
+
+class RegionTokenExchange:
+    """Token rows and partial rows copied straight into the peers' shared regions (``shm`` transport)."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def send_tokens(
+        self,
+        backend: KernelBackend,
+        x: torch.Tensor,
+        dest_layout: RouteLayout,
+        metadata: torch.Tensor,
+        counts: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """See :meth:`CollectiveTokenExchange.send_tokens`; the received tensors are views of this rank's
+        ``dispatch`` region, valid until the next step's token exchange."""
+        transport, rank, num_ranks = self.transport, self.transport.rank, self.transport.world_size
+        hidden, meta_width = x.shape[1], metadata.shape[1]
+        row_bytes = hidden * x.element_size()
+        received = counts[:, rank].tolist()
+        num_in = sum(received)
+        num_back = int(counts[rank].sum())
+        transport.ensure_region("dispatch", _aligned(num_in * row_bytes) + num_in * meta_width * 4)
+        transport.ensure_region("combine", num_back * hidden * _MAX_ELEMENT_BYTES)
+        transport.sync("dispatch", "region sizes")  # every rank now sees every peer's grown regions
+        send_counts = counts[rank].tolist()
+        send_offsets = _row_offsets(send_counts)
+        for dest in range(num_ranks):
+            count = send_counts[dest]
+            if count == 0:
+                continue
+            peer_in = counts[:, dest].tolist()
+            first = _row_offsets(peer_in)[rank]
+            region = transport.region(dest, "dispatch")
+            rows_view = region[first * row_bytes : (first + count) * row_bytes].view(x.dtype).view(count, hidden)
+            backend.permute(x, self._one_destination(backend, dest_layout, dest), out=rows_view)
+            meta_start = _aligned(sum(peer_in) * row_bytes) + first * meta_width * 4
+            meta_view = region[meta_start : meta_start + count * meta_width * 4].view(torch.int32).view(count, meta_width)
+            meta_view.copy_(metadata[send_offsets[dest] : send_offsets[dest] + count])
+        transport.sync("dispatch", "token exchange")
+        own = transport.region(rank, "dispatch")
+        rows = own[: num_in * row_bytes].view(x.dtype).view(num_in, hidden)
+        meta_start = _aligned(num_in * row_bytes)
+        meta = own[meta_start : meta_start + num_in * meta_width * 4].view(torch.int32).view(num_in, meta_width)
+        return rows, meta.clone()
+
+    @staticmethod
+    def _one_destination(backend: KernelBackend, dest_layout: RouteLayout, dest: int) -> RouteLayout:
+        """The layout of the token rows for ``dest`` alone (rows 0.. in token order)."""
+        mask = dest_layout.row_of_pair[:, dest : dest + 1] >= 0
+        zeros = torch.zeros(mask.shape, dtype=torch.int64, device=mask.device)
+        return backend.route_layout(zeros, 1, 1, mask)
+
+    def return_partials(self, partial: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """See :meth:`CollectiveTokenExchange.return_partials`; the result is a view of this rank's ``combine``
+        region, valid until the next step's partial exchange."""
+        transport, rank, num_ranks = self.transport, self.transport.rank, self.transport.world_size
+        hidden = partial.shape[1]
+        row_bytes = hidden * partial.element_size()
+        from_sources = counts[:, rank].tolist()
+        source_offsets = _row_offsets(from_sources)
+        for source in range(num_ranks):
+            count = from_sources[source]
+            if count == 0:
+                continue
+            first = _row_offsets(counts[source].tolist())[rank]
+            region = transport.region(source, "combine")
+            view = region[first * row_bytes : (first + count) * row_bytes].view(partial.dtype).view(count, hidden)
+            view.copy_(partial[source_offsets[source] : source_offsets[source] + count])
+        transport.sync("combine", "partial exchange")
+        num_back = int(counts[rank].sum())
+        return transport.region(rank, "combine")[: num_back * row_bytes].view(partial.dtype).view(num_back, hidden)
+
+
+def token_exchange(transport: Transport, workspace: Workspace) -> CollectiveTokenExchange | RegionTokenExchange:
+    """The region exchange when ``transport`` has shared regions (``shm``), else the collective one."""
+    if all(hasattr(transport, name) for name in ("ensure_region", "region", "sync")):
+        return RegionTokenExchange(transport)
+    return CollectiveTokenExchange(transport, workspace)
