@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include "host_ops.h"
+#include "shm_host.h"
 
 namespace py = pybind11;
 using moecomm::host::TensorArg;
@@ -46,4 +47,34 @@ PYBIND11_MODULE(_C, m) {
         py::arg("num_threads"), release);
   m.def("unpack_padded", &moecomm::host::unpack_padded, py::arg("buffer"), py::arg("counts"),
         py::arg("out"), py::arg("num_threads"), release);
+
+  // Shared-memory transport (kernels/cpu/shm/ through the C ABI of moecomm/shm.h; checks in shm_host.cpp).
+  using moecomm::host::ShmGroupHost;
+  using moecomm::host::ShmRegionBuffer;
+  py::register_exception<moecomm::host::ShmError>(m, "ShmError", PyExc_RuntimeError);
+  m.def("shm_random_name", &moecomm::host::shm_random_name);
+  m.def("shm_random_nonce", &moecomm::host::shm_random_nonce);
+  py::class_<ShmRegionBuffer>(m, "ShmRegionBuffer", py::buffer_protocol())
+      .def_property_readonly("nbytes", &ShmRegionBuffer::nbytes)
+      .def_buffer([](ShmRegionBuffer& b) {
+        return py::buffer_info(b.data(), 1, py::format_descriptor<uint8_t>::format(), 1,
+                               {static_cast<py::ssize_t>(b.nbytes())}, {py::ssize_t{1}});
+      });
+  py::class_<ShmGroupHost>(m, "ShmGroup")
+      .def(py::init<int, int, uint64_t, const std::vector<std::string>&, double>(), py::arg("rank"),
+           py::arg("world_size"), py::arg("nonce"), py::arg("names"), py::arg("timeout_s"), release)
+      .def_property_readonly("rank", &ShmGroupHost::rank)
+      .def_property_readonly("world_size", &ShmGroupHost::world_size)
+      .def("close", &ShmGroupHost::close, release)
+      .def("own_segment_mode", &ShmGroupHost::own_segment_mode)
+      .def("barrier", &ShmGroupHost::barrier, py::arg("timeout_s"), release)
+      .def("all_gather", &ShmGroupHost::all_gather, py::arg("tensor"), py::arg("out"), py::arg("num_threads"),
+           py::arg("timeout_s"), release)
+      .def("all_to_all", &ShmGroupHost::all_to_all, py::arg("tensor"), py::arg("input_splits"), py::arg("out"),
+           py::arg("output_splits"), py::arg("num_threads"), py::arg("timeout_s"), release)
+      .def("reduce_scatter", &ShmGroupHost::reduce_scatter, py::arg("tensor"), py::arg("out"), py::arg("num_threads"),
+           py::arg("timeout_s"), release)
+      .def("ensure_region", &ShmGroupHost::ensure_region, py::arg("region"), py::arg("nbytes"), release)
+      .def("sync", &ShmGroupHost::sync, py::arg("timeout_s"), release)
+      .def("region", &ShmGroupHost::region, py::arg("rank"), py::arg("region"), release);
 }

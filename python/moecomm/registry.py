@@ -21,6 +21,7 @@ DISPATCHERS: dict[str, str] = {
 #: Transports (how bytes move between ranks): ``comm/transports/``. ``"auto"`` picks among them.
 TRANSPORTS: dict[str, str] = {
     "torch": "moecomm.comm.transports.torch_dist:TorchTransport",
+    "shm": "moecomm.comm.transports.shm:ShmTransport",
 }
 
 #: Kernel backends (which device computes the ops): ``backends/``. ``"auto"`` picks by the tensors' device.
