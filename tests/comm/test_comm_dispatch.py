@@ -26,7 +26,7 @@ from moecomm.testing.launch import run_local
 
 DISPATCHERS = ("alltoallv", "alltoallv-pairs", "alltoall", "allgather")
 #: (transport, kernel_backend) every case runs under: the suite must give the same results on each.
-AXES = (("torch", "auto"), ("torch", "torch"))
+AXES = (("torch", "auto"), ("torch", "torch"), ("shm", "auto"))
 
 
 def _case(dispatcher: str, tokens: list[int], seed: int, kind: str = "roundtrip", **options: Any) -> dict[str, Any]:

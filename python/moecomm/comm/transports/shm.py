@@ -158,11 +158,14 @@ class ShmTransport(Transport):
 
     # ---- collectives ----
 
-    def all_gather(self, phase: str, step: str, tensor: torch.Tensor) -> torch.Tensor:
+    def all_gather(
+        self, phase: str, step: str, tensor: torch.Tensor, *, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         self.check_device("tensor", tensor)
         tensor = tensor.contiguous()
         rows = tensor.shape[0] if tensor.dim() else 1
-        out = tensor.new_empty((self.world_size, *tensor.shape))
+        shape = (self.world_size, *tensor.shape)
+        out = tensor.new_empty(shape) if out is None else check_out(out, shape, tensor)
         native = self._native()
         self.step(phase, step, lambda: native.all_gather(
             _rows_as_bytes("tensor", tensor, rows), _rows_as_bytes("out", out, self.world_size * rows),
