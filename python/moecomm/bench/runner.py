@@ -66,12 +66,17 @@ def ranks_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def dispatch_config(args: argparse.Namespace) -> Any:
-    from moecomm.bench.dispatch import DISPATCHERS, DispatchBenchConfig
+    from moecomm.bench.dispatch import DispatchBenchConfig
+    from moecomm.bench.dispatch_cases import DISPATCHERS, MEGATRON_PEERS, available_transports
 
     quick = args.quick
+    dispatchers = tuple(args.dispatchers or DISPATCHERS)
+    if args.no_megatron:
+        dispatchers = tuple(d for d in dispatchers if d not in MEGATRON_PEERS)
     return DispatchBenchConfig(
         **ranks_fields(args),
-        dispatchers=tuple(args.dispatchers or DISPATCHERS),
+        dispatchers=dispatchers,
+        transports=tuple(args.transports or available_transports()),
         repeats=pick(args.repeats, 10, 3, quick),
         warmup=pick(args.warmup, 2, 1, quick),
     )
