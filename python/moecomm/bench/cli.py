@@ -150,6 +150,10 @@ def add_simulate(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--sim-skews", type=list_of(non_negative_float), help="Zipf exponents (default 0,0.25,0.5,1.0)")
     group.add_argument("--sim-ratios", type=list_of(drop_ratio), help="drop ratios (default 0,0.05,0.1,0.2)")
     group.add_argument("--sim-steps", type=positive_int, help="routing draws averaged per point (default 4)")
+    group.add_argument("--traffic-tokens", type=positive_int,
+                       help="tokens routed for the traffic-per-token table (Mixtral, Qwen3-30B-A3B, DeepSeek-V3; default 8192)")
+    group.add_argument("--traffic-skews", type=list_of(non_negative_float),
+                       help="Zipf exponents of the traffic-per-token table (default 0,1.0)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -107,10 +107,13 @@ class MegatronPeer:
 
     def __init__(self, name: str, num_experts: int, top_k: int, hidden: int,
                  group: dist.ProcessGroup | None = None) -> None:
+        """``group``: the EP group (None: the default group, which must be initialised)."""
         if name not in MEGATRON_DISPATCHERS:
             raise ValueError(f"name: expected one of {', '.join(MEGATRON_DISPATCHERS)}, got {name!r}")
-        world_size = dist.get_world_size(group) if dist.is_initialized() else 1
-        rank = dist.get_rank(group) if dist.is_initialized() else 0
+        if not dist.is_initialized():
+            raise ValueError("group: Megatron-Core's token dispatchers need an initialised torch.distributed group")
+        world_size = dist.get_world_size(group)
+        rank = dist.get_rank(group)
         self.num_experts, _ = check_topology(num_experts, world_size)
         self.top_k = top_k
         self.num_local_experts = num_experts // world_size
@@ -127,7 +130,7 @@ class MegatronPeer:
                 moe_router_topk=top_k, moe_permute_fusion=False, use_cpu_initialization=True,
                 moe_token_dispatcher_type=name.removeprefix("megatron-"),
             )
-            ep_group = group if group is not None else (dist.group.WORLD if dist.is_initialized() else None)
+            ep_group = group if group is not None else dist.group.WORLD
             groups = ProcessGroupCollection(ep=ep_group, expt_tp=None, tp_ep=ep_group, tp=None)
             local = list(range(rank * self.num_local_experts, (rank + 1) * self.num_local_experts))
             self.dispatcher = getattr(token_dispatcher, MEGATRON_DISPATCHERS[name])(

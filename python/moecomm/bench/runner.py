@@ -145,6 +145,8 @@ def simulation_config(args: argparse.Namespace) -> tuple[Any, str]:
         ratios=tuple(pick(args.sim_ratios, defaults.ratios, (0.0, 0.1), quick)),
         steps=pick(args.sim_steps, defaults.steps, 1, quick),
         seed=args.seed,
+        traffic_tokens=pick(args.traffic_tokens, defaults.traffic_tokens, 512, quick),
+        traffic_skews=tuple(pick(args.traffic_skews, defaults.traffic_skews, defaults.traffic_skews, quick)),
     )
     return config, source
 

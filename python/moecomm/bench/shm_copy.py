@@ -76,12 +76,13 @@ class SharedMemoryCopy:
         self.crossing = crossing
         self.send_bytes = _flat_bytes(send_rows)
         self.returned_bytes = _flat_bytes(returned_rows)
+        self.path = ""  # this rank's file (already unlinked once the constructor returns)
         self.maps: list[mmap.mmap] = []
         self.files: list[torch.Tensor] = []
         self._map_files(sizes)
 
     def _map_files(self, sizes: list[int]) -> None:
-        path = os.path.join(SHM_DIR, f"moecomm-bench-{secrets.token_hex(16)}")
+        self.path = path = os.path.join(SHM_DIR, f"moecomm-bench-{secrets.token_hex(16)}")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.ftruncate(fd, max(sizes[self.rank], PAGE_BYTES))
