@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from moecomm.bench.kernels import dense_routing
+from moecomm.bench.kernels import dense_routing, load_megatron_module
 from moecomm.ops._checks import check_topk_ids, check_topk_weights, check_topology
 
 #: Bench case name -> Megatron-Core dispatcher class name.
@@ -77,13 +77,7 @@ def host_cuda() -> Iterator[None]:
 
 def megatron_available() -> bool:
     """True when megatron-core's token dispatchers import."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from megatron.core.transformer.moe import token_dispatcher  # noqa: F401
-    except Exception:  # noqa: BLE001 - any import failure means "peer not available"
-        return False
-    return True
+    return load_megatron_module("megatron.core.transformer.moe.token_dispatcher") is not None
 
 
 @dataclass

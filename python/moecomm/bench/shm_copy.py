@@ -79,6 +79,7 @@ class SharedMemoryCopy:
         self.path = ""  # this rank's file (already unlinked once the constructor returns)
         self.maps: list[mmap.mmap] = []
         self.files: list[torch.Tensor] = []
+        self.copies: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._map_files(sizes)
 
     def _map_files(self, sizes: list[int]) -> None:
@@ -101,25 +102,28 @@ class SharedMemoryCopy:
             dist.barrier(group=self.group)  # every rank has mapped every file
         finally:
             os.unlink(path)
+        self.copies = self._plan_copies()
+
+    def _plan_copies(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(destination view in a peer's file, source view) of every copy of a step, in order."""
+        me, row = self.rank, self.row_bytes
+        regions = [(d, self.dispatch_offset[me][d], self.crossing[me][d] * row, self.send_bytes)
+                   for d in range(self.world_size)]
+        regions += [(s, self.combine_offset[me][s], self.crossing[s][me] * row, self.returned_bytes)
+                    for s in range(self.world_size)]
+        copies, read = [], {id(self.send_bytes): 0, id(self.returned_bytes): 0}
+        for owner, at, size, source in regions:
+            if size:
+                start = read[id(source)]
+                copies.append((self.files[owner][at:at + size], source[start:start + size]))
+                read[id(source)] = start + size
+        return copies
 
     def step(self) -> None:
         """Dispatch: this rank's rows to each destination's file; combine: received rows back to each
         source's file (the bytes of ``step_bytes``)."""
-        me, row = self.rank, self.row_bytes
-        start = 0
-        for d in range(self.world_size):
-            size = self.crossing[me][d] * row
-            if size:
-                at = self.dispatch_offset[me][d]
-                memcpy(self.files[d][at:at + size], self.send_bytes[start:start + size])
-                start += size
-        start = 0
-        for s in range(self.world_size):
-            size = self.crossing[s][me] * row
-            if size:
-                at = self.combine_offset[me][s]
-                memcpy(self.files[s][at:at + size], self.returned_bytes[start:start + size])
-                start += size
+        for destination, source in self.copies:
+            memcpy(destination, source)
 
     @property
     def step_bytes(self) -> int:
@@ -140,6 +144,7 @@ class SharedMemoryCopy:
 
     def close(self) -> None:
         """Unmaps every file (the files themselves were unlinked when mapped)."""
+        self.copies.clear()
         self.files.clear()
         for mapping in self.maps:
             mapping.close()
