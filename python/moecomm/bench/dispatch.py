@@ -317,7 +317,7 @@ def dispatch_table(records: list[dict[str, Any]], traffic: dict[str, Any], notes
     rows = [[r["name"], ms(r["median_s"]), ms(r["p10_s"]), ms(r["p90_s"]), r["minor_faults_per_step"],
              r["moved_pages"], r["faults_per_moved_page"], r["bytes_must_cross_per_step"] / mib,
              r["crossing_bytes_per_token_token"], r["effective_gib_per_s"],
-             ", ".join(f"{k} {v:.2f}x" for k, v in r["ratios"].items()) or "-", r["relative_error_vs_dense"]]
+             ", ".join(f"{k} {v:.3g}x" for k, v in r["ratios"].items()) or "-", r["relative_error_vs_dense"]]
             for r in records]
     line = (f"Rows crossing ranks per token (dispatch; combine returns as many): "
             f"{traffic['crossing_rows_per_token_pair']:.3g} per (token, expert) pair, "
