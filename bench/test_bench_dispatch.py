@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from moecomm.bench.dispatch import DISPATCHERS, DispatchBenchConfig, serve_steps
+from moecomm.bench.dispatch import DispatchBenchConfig, planned_case_names, serve_steps
 from moecomm.testing.launch import run_local
 
 NUM_RANKS = 2
@@ -53,7 +53,7 @@ def ranks() -> Iterator[tuple[list[Any], Any]]:
         raise failure[0]
 
 
-@pytest.mark.parametrize("dispatcher", DISPATCHERS)
+@pytest.mark.parametrize("dispatcher", planned_case_names(CONFIG))
 def test_bench_dispatch(benchmark: Any, ranks: tuple[list[Any], Any], dispatcher: str) -> None:
     commands, done = ranks
 

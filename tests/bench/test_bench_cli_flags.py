@@ -20,6 +20,13 @@ BAD_FLAGS = [
     (["dispatch", "--ranks", "3", "--experts", "64"], "--ranks"),
     (["dispatch", "--dispatchers", "alltoallv,nccl"], "--dispatchers"),
     (["dispatch", "--timeout", "0"], "--timeout"),
+    (["dispatch", "--transports", "torch,carrier-pigeon"], "--transports"),
+    (["dispatch", "--transports", "torch,torch"], "--transports"),
+    (["dispatch", "--transports", ""], "--transports"),
+    (["dispatch", "--dispatchers", "alltoallv,alltoallv"], "--dispatchers"),
+    (["dispatch", "--dispatchers", "megatron-alltoall", "--no-megatron"], "--no-megatron"),
+    (["simulate", "--traffic-skews", "0,-1"], "--traffic-skews"),
+    (["simulate", "--traffic-tokens", "0"], "--traffic-tokens"),
     (["drop", "--ratios", "0,1.0"], "--ratios"),
     (["drop", "--ratios", "0,,0.1"], "--ratios"),
     (["drop", "--ratios", "-0.1"], "--ratios"),
@@ -69,6 +76,26 @@ def test_bench_cli_good_flags_parse_to_values() -> None:
     assert args.ep_sizes == [16, 64]
     assert args.dispatchers == ["alltoallv", "torch-alltoallv"]
     assert args.dtype == "fp32" and args.quick
+    args = build_parser().parse_args(["dispatch", "--transports", "torch", "--dispatchers",
+                                      "alltoallv-fresh,megatron-allgather,shm-copy", "--no-megatron"])
+    assert args.transports == ["torch"] and args.no_megatron
+    assert args.dispatchers == ["alltoallv-fresh", "megatron-allgather", "shm-copy"]
+
+
+def test_bench_cli_dispatch_flags_reach_the_config() -> None:
+    from moecomm.bench.runner import dispatch_config, simulation_config
+
+    args = build_parser().parse_args(["dispatch", "--transports", "torch", "--dispatchers",
+                                      "alltoallv,megatron-alltoall,shm-copy", "--no-megatron"])
+    config = dispatch_config(args)
+    assert config.transports == ("torch",) and config.dispatchers == ("alltoallv", "shm-copy")
+    from moecomm import registry
+
+    assert dispatch_config(build_parser().parse_args(["dispatch"])).transports == tuple(registry.TRANSPORTS)
+    args = build_parser().parse_args(["simulate", "--traffic-tokens", "99", "--traffic-skews", "0,2",
+                                      "--sim-row-cost-us", "5"])
+    config, _ = simulation_config(args)
+    assert config.traffic_tokens == 99 and config.traffic_skews == (0.0, 2.0)
 
 
 @pytest.mark.parametrize("argv", [["layer", "--tokens", "0"], ["vllm", "--drop-ratio", "1.5"], ["layer", "--dtype", "int8"]])

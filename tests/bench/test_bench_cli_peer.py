@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moecomm.bench.dispatch import TorchAllToAllV
+from moecomm.bench.torch_peer import TorchAllToAllV
 from moecomm.testing.launch import run_local
 
 

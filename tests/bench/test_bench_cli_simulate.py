@@ -3,25 +3,9 @@
 from __future__ import annotations
 
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from moecomm import ops
-from moecomm.bench.simulate import SimulationConfig, pair_counts, step_time
-
-
-@settings(max_examples=30, deadline=None)
-@given(num_tokens=st.integers(1, 60), ranks_log2=st.integers(0, 3), seed=st.integers(0, 50))
-def test_bench_cli_simulate_pair_counts_match_a_loop(num_tokens: int, ranks_log2: int, seed: int) -> None:
-    num_ranks, num_experts, top_k = 2**ranks_log2, 16, 2
-    ids = torch.rand((num_tokens, num_experts), generator=torch.Generator().manual_seed(seed)).topk(top_k, dim=1).indices
-    counts = pair_counts(ids, num_experts, num_ranks)
-    expected = torch.zeros((num_ranks, num_ranks), dtype=torch.int64)
-    for token in range(num_tokens):
-        source = token * num_ranks // num_tokens
-        for expert in ids[token].tolist():
-            expected[source, expert // (num_experts // num_ranks)] += 1
-    assert torch.equal(counts, expected)
+from moecomm.bench.simulate import SimulationConfig, run_simulation, step_time
 
 
 def test_bench_cli_simulate_drop_caps_the_straggler() -> None:
@@ -35,3 +19,17 @@ def test_bench_cli_simulate_drop_caps_the_straggler() -> None:
     assert abs(dropped["experts_s"] - cap * 1e-3) < 1e-12
     assert abs(dropped["dropped_share"] - int((loads - cap).clamp_min(0).sum()) / int(loads.sum())) < 1e-12
     assert dropped["step_s"] < dropless["step_s"]
+
+
+def test_bench_cli_simulate_result_carries_the_traffic_table() -> None:
+    config = SimulationConfig(ep_sizes=(2, 4), num_experts=8, top_k=2, batch=1, seq_len=64, skews=(0.0,),
+                              ratios=(0.0, 0.1), steps=1, traffic_tokens=64, traffic_skews=(0.0, 1.0),
+                              traffic_ep_sizes=(2, 16))
+    result = run_simulation(config, progress=False)
+    traffic = result["traffic"]["records"]
+    # Mixtral (E=8) has no EP16 row; Qwen3 and DeepSeek-V3 have both; two skews each
+    assert sorted((r["model"], r["ep_size"]) for r in traffic if r["skew"] == 0.0) == [
+        ("DeepSeek-V3", 2), ("DeepSeek-V3", 16), ("Mixtral-8x7B", 2), ("Qwen3-30B-A3B", 2), ("Qwen3-30B-A3B", 16)]
+    assert len(traffic) == 10
+    assert "### Traffic per token" in result["table"] and "| DeepSeek-V3 |" in result["table"]
+    assert result["config"]["traffic_skews"] == [0.0, 1.0]

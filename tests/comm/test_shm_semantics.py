@@ -12,7 +12,7 @@ import torch
 from shm_segments import assert_no_new_segments, moecomm_segments
 from shm_workers import collective_inputs, expected_result, run_collectives
 
-from moecomm.comm.launch import run_local
+from moecomm.testing.launch import run_local
 from moecomm.comm.transports.shm import ShmTransport
 from moecomm.registry import TRANSPORTS
 

@@ -93,18 +93,26 @@ def add_shapes(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", choices=tuple(DTYPES), help="activation dtype (default bf16)")
 
 
+def add_no_megatron(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-megatron", action="store_true",
+                        help="skip the Megatron-Core peers (kernels; dispatch: megatron-alltoall, megatron-allgather)")
+
+
 def add_kernels(parser: argparse.ArgumentParser) -> None:
+    add_no_megatron(parser)
     group = parser.add_argument_group("kernels")
-    group.add_argument("--no-megatron", action="store_true", help="skip the Megatron-Core peer")
     group.add_argument("--kernel-drop-ratio", type=drop_ratio, default=0.1,
                        help="drop ratio giving select_kept's per-expert capacity (default 0.1)")
 
 
 def add_dispatchers(parser: argparse.ArgumentParser) -> None:
-    from moecomm.bench.dispatch import DISPATCHERS
+    from moecomm.bench.dispatch_cases import DISPATCHERS, available_transports
 
-    parser.add_argument_group("dispatch").add_argument(
-        "--dispatchers", type=list_of(str), help=f"comma list of {','.join(DISPATCHERS)} (default all)")
+    group = parser.add_argument_group("dispatch")
+    group.add_argument("--dispatchers", type=list_of(str), help=f"comma list of {','.join(DISPATCHERS)} (default all)")
+    group.add_argument("--transports", type=list_of(str),
+                       help=f"comma list of moecomm transports, one case per dispatcher and transport "
+                            f"(default every registered one: {','.join(available_transports())})")
 
 
 def add_ranks(parser: argparse.ArgumentParser) -> None:
@@ -142,6 +150,10 @@ def add_simulate(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--sim-skews", type=list_of(non_negative_float), help="Zipf exponents (default 0,0.25,0.5,1.0)")
     group.add_argument("--sim-ratios", type=list_of(drop_ratio), help="drop ratios (default 0,0.05,0.1,0.2)")
     group.add_argument("--sim-steps", type=positive_int, help="routing draws averaged per point (default 4)")
+    group.add_argument("--traffic-tokens", type=positive_int,
+                       help="tokens routed for the traffic-per-token table (Mixtral, Qwen3-30B-A3B, DeepSeek-V3; default 8192)")
+    group.add_argument("--traffic-skews", type=list_of(non_negative_float),
+                       help="Zipf exponents of the traffic-per-token table (default 0,1.0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     }
     adders = {
         "kernels": (add_shapes, add_kernels),
-        "dispatch": (add_shapes, add_ranks, add_dispatchers),
+        "dispatch": (add_shapes, add_ranks, add_dispatchers, add_no_megatron),
         "drop": (add_shapes, add_ranks, add_drop),
         "simulate": (add_simulate,),
         "all": (add_shapes, add_kernels, add_ranks, add_dispatchers, add_drop, add_simulate),
@@ -189,11 +201,25 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"argument --ranks: --experts {experts} is not divisible by --ranks {ranks}")
     dispatchers = getattr(args, "dispatchers", None)
     if dispatchers:
-        from moecomm.bench.dispatch import DISPATCHERS
+        from moecomm.bench.dispatch_cases import DISPATCHERS
 
         unknown = [d for d in dispatchers if d not in DISPATCHERS]
         if unknown:
             parser.error(f"argument --dispatchers: unknown {', '.join(unknown)}; choose from {', '.join(DISPATCHERS)}")
+        if len(set(dispatchers)) != len(dispatchers):
+            parser.error(f"argument --dispatchers: repeated names in {','.join(dispatchers)}")
+        if getattr(args, "no_megatron", False) and all(d.startswith("megatron-") for d in dispatchers):
+            parser.error("argument --no-megatron: it removes every case of --dispatchers")
+    transports = getattr(args, "transports", None)
+    if transports:
+        from moecomm.bench.dispatch_cases import available_transports
+
+        known = available_transports()
+        unknown = [t for t in transports if t not in known]
+        if unknown:
+            parser.error(f"argument --transports: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+        if len(set(transports)) != len(transports):
+            parser.error(f"argument --transports: repeated names in {','.join(transports)}")
     sim_experts = getattr(args, "sim_experts", None) or 256
     sim_top_k = getattr(args, "sim_top_k", None) or 8
     if sim_top_k > sim_experts:

@@ -56,15 +56,21 @@ class KernelBenchConfig:
     allocator: str = "default"
 
 
-def load_megatron_moe_utils() -> Any | None:
-    """Megatron-Core's ``moe_utils`` module, or None when megatron-core is not installed."""
+def load_megatron_module(name: str) -> Any | None:
+    """The Megatron-Core module ``name`` (its import warnings silenced), or None when it does not import."""
+    import importlib
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            from megatron.core.transformer.moe import moe_utils
+            return importlib.import_module(name)
     except Exception:  # noqa: BLE001 - any import failure means "peer not available"
         return None
-    return moe_utils
+
+
+def load_megatron_moe_utils() -> Any | None:
+    """Megatron-Core's ``moe_utils`` module, or None when megatron-core is not installed."""
+    return load_megatron_module("megatron.core.transformer.moe.moe_utils")
 
 
 def memcpy(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:

@@ -68,11 +68,12 @@ def plot_dispatch(result: dict[str, Any], path: Path) -> Path:
     medians = [r["median_s"] * 1e3 for r in records]
     low = [(r["median_s"] - r["p10_s"]) * 1e3 for r in records]
     high = [(r["p90_s"] - r["median_s"]) * 1e3 for r in records]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(names)), 4))
     ax.bar(names, medians, yerr=[low, high], capsize=4,
-           color=["tab:orange" if n.startswith("torch") else "tab:blue" for n in names])
+           color=["tab:orange" if r.get("kind") == "peer" else "tab:blue" for r in records])
     config = result["config"]
     ax.set_ylabel("dispatch + combine, ms (slowest rank)")
+    ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     ax.set_title(f"{config['num_ranks']} ranks, T={config['num_tokens']}/rank H={config['hidden']} "
                  f"E={config['num_experts']} K={config['top_k']} {config['dtype']}")
     return save(fig, path)

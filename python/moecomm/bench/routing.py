@@ -9,7 +9,10 @@ Two modes pick each token's ``top_k`` distinct experts from a popularity distrib
   uniform); models one runaway expert.
 
 Experts are drawn without replacement in proportion to popularity (the Gumbel-top-k trick: top-k of
-``log p + Gumbel noise``), so a token never picks an expert twice.
+``log p + Gumbel noise``), so a token never picks an expert twice. Grouped routing (DeepSeek-V3's
+node-limited top-k) splits the experts into ``num_groups`` contiguous groups, scores each group by the
+sum of its two best expert scores, keeps the ``top_groups`` best groups and takes the top-k experts
+inside them.
 Gate weights are a softmax over random logits, sorted in decreasing order along k (like a router's top-k).
 """
 
@@ -68,6 +71,8 @@ def make_routing(
     seed: int = 0,
     hot_expert: int = 0,
     popularity_seed: int | None = None,
+    num_groups: int = 1,
+    top_groups: int = 1,
 ) -> Routing:
     """Draws a seeded routing of ``num_tokens`` tokens to ``top_k`` of ``num_experts`` experts.
 
@@ -81,6 +86,9 @@ def make_routing(
         hot_expert: the hot expert's id (``hot`` mode).
         popularity_seed: seeds which expert ids are popular (``zipf``); defaults to 0 so every rank of a
             run shares the same popular experts, as in a real model.
+        num_groups: expert groups (1: no grouping); must divide E.
+        top_groups: groups each token may pick from (with ``num_groups > 1``); their experts must
+            number at least K.
 
     Returns:
         :class:`Routing` with ``topk_ids [T, K] int64`` and ``topk_weights [T, K] float32``.
@@ -90,13 +98,27 @@ def make_routing(
     check_positive_int("num_experts", num_experts)
     if top_k > num_experts:
         raise ValueError(f"top_k: expected at most num_experts={num_experts}, got {top_k}")
+    check_positive_int("num_groups", num_groups)
+    check_positive_int("top_groups", top_groups)
+    if num_experts % num_groups:
+        raise ValueError(f"num_groups: expected a divisor of num_experts={num_experts}, got {num_groups}")
+    if num_groups > 1 and not (top_groups <= num_groups and top_groups * (num_experts // num_groups) >= top_k):
+        raise ValueError(f"top_groups: expected at most num_groups={num_groups} groups holding at least "
+                         f"top_k={top_k} experts, got {top_groups}")
     popularity = expert_popularity(
         num_experts, skew=skew, mode=mode, seed=0 if popularity_seed is None else popularity_seed, hot_expert=hot_expert
     )
     generator = torch.Generator().manual_seed(seed)
     uniform = torch.rand((num_tokens, num_experts), generator=generator).clamp_(min=1e-12, max=1 - 1e-7)
     gumbel = -torch.log(-torch.log(uniform))
-    ids = torch.topk(popularity.float().log().unsqueeze(0) + gumbel, top_k, dim=1).indices
+    scores = popularity.float().log().unsqueeze(0) + gumbel
+    if num_groups > 1:
+        grouped = scores.view(num_tokens, num_groups, num_experts // num_groups)
+        group_scores = grouped.topk(min(2, grouped.shape[2]), dim=2).values.sum(2)
+        chosen = torch.zeros((num_tokens, num_groups), dtype=torch.bool)
+        chosen.scatter_(1, group_scores.topk(top_groups, dim=1).indices, True)
+        scores = grouped.masked_fill(~chosen.unsqueeze(2), float("-inf")).view(num_tokens, num_experts)
+    ids = torch.topk(scores, top_k, dim=1).indices
     logits = torch.randn((num_tokens, top_k), generator=generator)
     weights = torch.softmax(logits, dim=1).sort(dim=1, descending=True).values
     return Routing(topk_ids=ids.to(torch.int64), topk_weights=weights.to(torch.float32))

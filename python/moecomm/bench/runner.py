@@ -66,12 +66,17 @@ def ranks_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def dispatch_config(args: argparse.Namespace) -> Any:
-    from moecomm.bench.dispatch import DISPATCHERS, DispatchBenchConfig
+    from moecomm.bench.dispatch import DispatchBenchConfig
+    from moecomm.bench.dispatch_cases import DISPATCHERS, MEGATRON_PEERS, available_transports
 
     quick = args.quick
+    dispatchers = tuple(args.dispatchers or DISPATCHERS)
+    if args.no_megatron:
+        dispatchers = tuple(d for d in dispatchers if d not in MEGATRON_PEERS)
     return DispatchBenchConfig(
         **ranks_fields(args),
-        dispatchers=tuple(args.dispatchers or DISPATCHERS),
+        dispatchers=dispatchers,
+        transports=tuple(args.transports or available_transports()),
         repeats=pick(args.repeats, 10, 3, quick),
         warmup=pick(args.warmup, 2, 1, quick),
     )
@@ -140,6 +145,8 @@ def simulation_config(args: argparse.Namespace) -> tuple[Any, str]:
         ratios=tuple(pick(args.sim_ratios, defaults.ratios, (0.0, 0.1), quick)),
         steps=pick(args.sim_steps, defaults.steps, 1, quick),
         seed=args.seed,
+        traffic_tokens=pick(args.traffic_tokens, defaults.traffic_tokens, 512, quick),
+        traffic_skews=tuple(pick(args.traffic_skews, defaults.traffic_skews, defaults.traffic_skews, quick)),
     )
     return config, source
 

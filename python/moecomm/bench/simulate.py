@@ -28,6 +28,8 @@ from moecomm import ops
 from moecomm.bench.progress import progress_task
 from moecomm.bench.report import markdown_table
 from moecomm.bench.routing import make_routing
+from moecomm.bench.traffic import even_source_ranks, off_rank, traffic_matrix
+from moecomm.bench.traffic_study import EP_SIZES, run_traffic
 
 ASSUMPTIONS = [line.strip() for line in __doc__.split("The model (printed with the results):")[1].strip().split("\n\n")[0].split("\n")]
 
@@ -51,16 +53,9 @@ class SimulationConfig:
     ratios: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2)
     steps: int = 4
     seed: int = 0
-
-
-def pair_counts(topk_ids: torch.Tensor, num_experts: int, num_ranks: int) -> torch.Tensor:
-    """``[R, R]`` int64: (token, expert) pairs from source rank s (row) to destination rank r (column).
-
-    ``topk_ids [T, K]`` int64; tokens are split evenly (contiguous blocks) over the R source ranks."""
-    num_tokens, top_k = topk_ids.shape
-    source = (torch.arange(num_tokens) * num_ranks // max(1, num_tokens)).repeat_interleave(top_k)
-    destination = topk_ids.reshape(-1) // (num_experts // num_ranks)
-    return torch.bincount(source * num_ranks + destination, minlength=num_ranks * num_ranks).view(num_ranks, num_ranks)
+    traffic_tokens: int = 8192
+    traffic_skews: tuple[float, ...] = (0.0, 1.0)
+    traffic_ep_sizes: tuple[int, ...] = EP_SIZES
 
 
 def step_time(counts: torch.Tensor, ratio: float, config: SimulationConfig) -> dict[str, float]:
@@ -69,8 +64,8 @@ def step_time(counts: torch.Tensor, ratio: float, config: SimulationConfig) -> d
     loads = counts.sum(0)
     cap = ops.capacity_for_ratio(loads.to(torch.int64), ratio)
     kept = counts * (cap / loads.clamp_min(1)).clamp(max=1.0).unsqueeze(0)
-    off_rank = kept - torch.diag(torch.diag(kept))
-    wire_rows = torch.maximum(off_rank.sum(1), off_rank.sum(0))
+    crossing = off_rank(kept)
+    wire_rows = torch.maximum(crossing.sum(1), crossing.sum(0))
     row_bytes = config.hidden * config.dtype_bytes
     exchange = config.alpha_s + float(wire_rows.max()) * row_bytes / (config.link_gbps * 1e9)
     experts = float(kept.sum(0).max()) * config.row_cost_s
@@ -85,7 +80,8 @@ def step_time(counts: torch.Tensor, ratio: float, config: SimulationConfig) -> d
 
 
 def run_simulation(config: SimulationConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Predicts every (EP size, skew, ratio); returns ``{"config", "assumptions", "records", "table"}``."""
+    """Predicts every (EP size, skew, ratio) and the traffic per token of real routing shapes; returns
+    ``{"config", "assumptions", "records", "traffic": {"records", "table"}, "table"}``."""
     num_tokens = config.batch * config.seq_len
     records = []
     total = len(config.ep_sizes) * len(config.skews) * config.steps
@@ -96,7 +92,8 @@ def run_simulation(config: SimulationConfig, *, progress: bool = True) -> dict[s
                 routing = make_routing(num_tokens, config.num_experts, config.top_k, skew=skew,
                                        seed=config.seed * 1009 + step, popularity_seed=config.seed * 1009 + step)
                 for ep_size in config.ep_sizes:
-                    counts = pair_counts(routing.topk_ids, config.num_experts, ep_size)
+                    counts = traffic_matrix(routing.topk_ids, config.num_experts, ep_size,
+                                            even_source_ranks(num_tokens, ep_size))
                     for ratio in config.ratios:
                         point = step_time(counts, ratio, config)
                         acc = sums.setdefault((ep_size, skew, ratio), dict.fromkeys(point, 0.0))
@@ -110,8 +107,11 @@ def run_simulation(config: SimulationConfig, *, progress: bool = True) -> dict[s
                         "step_time_cut": 1.0 - point["step_s"] / base})
     shape = asdict(config)
     shape.update(ep_sizes=list(config.ep_sizes), skews=list(config.skews), ratios=list(config.ratios),
-                 num_tokens=num_tokens)
-    return {"config": shape, "assumptions": ASSUMPTIONS, "records": records, "table": simulation_table(records, config)}
+                 num_tokens=num_tokens, traffic_skews=list(config.traffic_skews),
+                 traffic_ep_sizes=list(config.traffic_ep_sizes))
+    traffic = run_traffic(config.traffic_tokens, config.traffic_skews, seed=config.seed, ep_sizes=config.traffic_ep_sizes)
+    table = simulation_table(records, config) + "\n\n### Traffic per token\n\n" + traffic["table"]
+    return {"config": shape, "assumptions": ASSUMPTIONS, "records": records, "traffic": traffic, "table": table}
 
 
 def simulation_table(records: list[dict[str, Any]], config: SimulationConfig) -> str:

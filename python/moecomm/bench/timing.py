@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import resource
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -50,6 +51,23 @@ def time_once(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def minor_page_faults() -> int:
+    """Minor page faults of this process so far (``getrusage(RUSAGE_SELF).ru_minflt``)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def counting_faults(fn: Callable[[], object], faults: list[int]) -> Callable[[], object]:
+    """``fn`` that appends the minor page faults of each call (delta around it) to ``faults``."""
+
+    def counted() -> object:
+        before = minor_page_faults()
+        result = fn()
+        faults.append(minor_page_faults() - before)
+        return result
+
+    return counted
 
 
 def measure_interleaved(
