@@ -77,9 +77,9 @@ def test_bench_cli_good_flags_parse_to_values() -> None:
     assert args.dispatchers == ["alltoallv", "torch-alltoallv"]
     assert args.dtype == "fp32" and args.quick
     args = build_parser().parse_args(["dispatch", "--transports", "torch", "--dispatchers",
-                                      "alltoallv-fresh,megatron-allgather,shm-copy", "--no-megatron"])
+                                      "alltoallv-pairs-fresh,megatron-allgather,shm-copy", "--no-megatron"])
     assert args.transports == ["torch"] and args.no_megatron
-    assert args.dispatchers == ["alltoallv-fresh", "megatron-allgather", "shm-copy"]
+    assert args.dispatchers == ["alltoallv-pairs-fresh", "megatron-allgather", "shm-copy"]
 
 
 def test_bench_cli_dispatch_flags_reach_the_config() -> None:

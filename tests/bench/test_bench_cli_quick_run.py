@@ -47,7 +47,7 @@ def test_bench_cli_quick_run_json_has_every_section(quick_run: tuple[subprocess.
         assert record["p10_s"] <= record["median_s"] <= record["p90_s"]
         assert all(math.isfinite(s) and s > 0 for s in record["samples_s"])
     dispatchers = {r["name"] for r in sections["dispatch"]["records"]}
-    # --no-megatron drops the Megatron-Core peers; alltoallv-fresh runs once make_dispatcher takes fresh_buffers
+    # --no-megatron drops the Megatron-Core peers; alltoallv-pairs-fresh runs once make_dispatcher takes fresh_buffers
     assert {"alltoallv/torch", "alltoall/torch", "allgather/torch", "torch-alltoallv", "shm-copy"} <= dispatchers
     assert not any(name.startswith("megatron-") for name in dispatchers)
     # Dropless dispatchers match the dense identity-expert result (bf16 rounding only).

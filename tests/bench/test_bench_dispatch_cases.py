@@ -6,41 +6,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-import moecomm
 from moecomm.bench import dispatch_cases
 from moecomm.bench.dispatch import DispatchBenchConfig, rank_seed, run_dispatch
-from moecomm.bench.dispatch_cases import (
-    DISPATCHERS,
-    case_name,
-    plan_cases,
-    transport_options,
-)
+from moecomm.bench.dispatch_cases import DISPATCHERS, case_name, plan_cases
 from moecomm.bench.routing import make_routing
 from moecomm.bench.traffic import PAGE_BYTES
 
 
-def test_transport_options_follow_the_config_field(monkeypatch: pytest.MonkeyPatch) -> None:
-    fields = moecomm.MoECommConfig.field_names()
-    if "transport" not in fields:  # before the config has the field: only the default transport
-        assert transport_options("torch") == {} and transport_options("shm") is None
-    monkeypatch.setattr(moecomm.MoECommConfig, "field_names", classmethod(lambda cls: (*fields, "transport")))
-    assert transport_options("shm") == {"transport": "shm"}
-    assert transport_options("torch") == {"transport": "torch"}
-
-
 def test_plan_names_cases_per_transport_and_skips_with_notes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dispatch_cases, "transport_options", lambda t: {} if t == "torch" else None)
-    monkeypatch.setattr(dispatch_cases, "accepts_fresh_buffers", lambda: False)
-    cases, notes = plan_cases(("alltoallv", "alltoallv-fresh", "torch-alltoallv", "shm-copy"), ("torch", "shm"))
-    assert cases == [("alltoallv/torch", "alltoallv", "torch"), ("torch-alltoallv", "torch-alltoallv", None),
-                     ("shm-copy", "shm-copy", None)]
-    assert len(notes) == 3
-    assert any(n.startswith("alltoallv/shm: skipped") and "transport" in n for n in notes)
-    assert any(n.startswith("alltoallv-fresh/torch: skipped") and "fresh_buffers" in n for n in notes)
-    monkeypatch.setattr(dispatch_cases, "transport_options", lambda t: {"transport": t})
-    monkeypatch.setattr(dispatch_cases, "accepts_fresh_buffers", lambda: True)
-    cases, notes = plan_cases(("alltoallv-fresh", "allgather"), ("torch", "shm"))
-    assert [c[0] for c in cases] == ["alltoallv-fresh/torch", "alltoallv-fresh/shm", "allgather/torch", "allgather/shm"]
+    cases, notes = plan_cases(("alltoallv", "alltoallv-pairs-fresh", "torch-alltoallv", "shm-copy"), ("torch", "shm"))
+    assert cases == [("alltoallv/torch", "alltoallv", "torch"), ("alltoallv/shm", "alltoallv", "shm"),
+                     ("alltoallv-pairs-fresh/torch", "alltoallv-pairs-fresh", "torch"),
+                     ("alltoallv-pairs-fresh/shm", "alltoallv-pairs-fresh", "shm"),
+                     ("torch-alltoallv", "torch-alltoallv", None), ("shm-copy", "shm-copy", None)]
     assert notes == []
     monkeypatch.setattr(dispatch_cases, "megatron_available", lambda: False)
     cases, notes = plan_cases(("megatron-alltoall",), ("torch",))
@@ -48,16 +26,6 @@ def test_plan_names_cases_per_transport_and_skips_with_notes(monkeypatch: pytest
     with pytest.raises(ValueError, match="dispatchers"):
         plan_cases(("nccl",), ("torch",))
     assert case_name("alltoall", "shm") == "alltoall/shm" and case_name("shm-copy", "torch") == "shm-copy"
-
-
-def test_fresh_buffers_is_detected_from_make_dispatchers_signature(monkeypatch: pytest.MonkeyPatch) -> None:
-    def with_keyword(config, num_experts, group=None, *, fresh_buffers=False):
-        raise AssertionError("not called")
-
-    monkeypatch.setattr(moecomm, "make_dispatcher", with_keyword)
-    assert dispatch_cases.accepts_fresh_buffers()
-    monkeypatch.setattr(moecomm, "make_dispatcher", lambda config, num_experts, group=None: None)
-    assert not dispatch_cases.accepts_fresh_buffers()
 
 
 TINY = DispatchBenchConfig(num_ranks=2, num_tokens=48, hidden=64, num_experts=8, top_k=3, dtype="bf16",
@@ -74,9 +42,8 @@ def test_tiny_run_has_every_case_with_errors_against_the_dense_reference(tiny_ru
     records = {r["name"]: r for r in tiny_run["records"]}
     expected, notes = plan_cases(DISPATCHERS, TINY.transports)
     assert list(records) == [name for name, _, _ in expected] and tiny_run["notes"] == notes
-    assert {"alltoallv/torch", "alltoall/torch", "allgather/torch", "torch-alltoallv", "shm-copy"} <= set(records)
-    if not dispatch_cases.accepts_fresh_buffers():
-        assert "alltoallv-fresh/torch" not in records and any("fresh_buffers" in n for n in notes)
+    assert {"alltoallv/torch", "alltoallv/shm", "alltoallv-pairs-fresh/torch", "alltoall/torch", "allgather/torch",
+            "torch-alltoallv", "shm-copy"} <= set(records)
     if dispatch_cases.megatron_available():
         assert {"megatron-alltoall", "megatron-allgather"} <= set(records)
     for name, record in records.items():

@@ -3,24 +3,23 @@
 Case names: ``<dispatcher>/<transport>`` for moecomm's dispatchers (``alltoallv/torch``), the peer's
 name for the peers (they bring their own wire): ``torch-alltoallv`` (pure torch), ``megatron-alltoall``
 and ``megatron-allgather`` (Megatron-Core's token dispatchers), ``shm-copy`` (plain shared-memory copy
-of the bytes that must cross ranks). ``alltoallv-fresh`` is ``alltoallv`` with new buffers every step
-(``make_dispatcher(..., fresh_buffers=True)``). A case this installation cannot run (a transport
-``MoECommConfig`` cannot select yet, no ``fresh_buffers`` keyword, no megatron-core) is skipped with
-a note; the plan depends only on the installation, so every rank plans the same cases.
+of the bytes that must cross ranks). ``alltoallv-pairs-fresh`` is the pre-workspace ``alltoallv``: one row
+per kept pair and new buffers every step (``make_dispatcher(..., fresh_buffers=True)``). The Megatron-Core
+peers are skipped with a note where megatron-core does not import; the plan depends only on the
+installation, so every rank plans the same cases.
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch.distributed as dist
 
 from moecomm.bench.megatron_peer import MEGATRON_DISPATCHERS, megatron_available
 
-DEFAULT_TRANSPORT = "torch"
-MOECOMM_DISPATCHERS = ("alltoallv", "alltoall", "allgather")
-FRESH = "alltoallv-fresh"
+MOECOMM_DISPATCHERS = ("alltoallv", "alltoallv-pairs", "alltoall", "allgather")
+#: The pre-workspace alltoallv: pair-level rows and new buffers every step (``fresh_buffers=True``).
+FRESH = "alltoallv-pairs-fresh"
 PEER = "torch-alltoallv"
 MEGATRON_PEERS = tuple(MEGATRON_DISPATCHERS)
 SHM_COPY = "shm-copy"
@@ -37,23 +36,6 @@ def available_transports() -> tuple[str, ...]:
     return registry.names(registry.TRANSPORTS)
 
 
-def transport_options(transport: str) -> dict[str, str] | None:
-    """The ``MoECommConfig`` keywords selecting ``transport``: ``{"transport": ...}`` once the config has
-    that field; before, ``{}`` for the one transport there is (``torch``) and None for any other."""
-    from moecomm import MoECommConfig
-
-    if "transport" in MoECommConfig.field_names():
-        return {"transport": transport}
-    return {} if transport == DEFAULT_TRANSPORT else None
-
-
-def accepts_fresh_buffers() -> bool:
-    """True when ``make_dispatcher`` takes the ``fresh_buffers`` keyword."""
-    from moecomm import make_dispatcher
-
-    return "fresh_buffers" in inspect.signature(make_dispatcher).parameters
-
-
 def case_name(dispatcher: str, transport: str | None) -> str:
     """``<dispatcher>/<transport>`` for moecomm's dispatchers, the bare name for peers."""
     return f"{dispatcher}/{transport}" if dispatcher in TRANSPORTED else dispatcher
@@ -64,7 +46,6 @@ def plan_cases(dispatchers: tuple[str, ...], transports: tuple[str, ...]) -> tup
     note for each case skipped."""
     cases: list[tuple[str, str, str | None]] = []
     notes: list[str] = []
-    fresh_ok = FRESH not in dispatchers or accepts_fresh_buffers()
     megatron_ok = not set(MEGATRON_PEERS) & set(dispatchers) or megatron_available()
     for dispatcher in dispatchers:
         if dispatcher not in DISPATCHERS:
@@ -75,14 +56,7 @@ def plan_cases(dispatchers: tuple[str, ...], transports: tuple[str, ...]) -> tup
         if dispatcher not in TRANSPORTED:
             cases.append((dispatcher, dispatcher, None))
             continue
-        for transport in transports:
-            name = case_name(dispatcher, transport)
-            if dispatcher == FRESH and not fresh_ok:
-                notes.append(f"{name}: skipped, make_dispatcher has no fresh_buffers keyword in this moecomm")
-            elif transport_options(transport) is None:
-                notes.append(f"{name}: skipped, MoECommConfig has no transport field to select {transport!r}")
-            else:
-                cases.append((name, dispatcher, transport))
+        cases.extend((case_name(dispatcher, transport), dispatcher, transport) for transport in transports)
     return cases, notes
 
 
@@ -93,7 +67,7 @@ def bench_group() -> dist.ProcessGroup | None:
 
 def make_bench_dispatcher(name: str, num_experts: int, *, transport: str | None = None, **config: Any) -> Any:
     """moecomm's dispatcher ``name`` (``MoECommConfig(dispatcher=name, **config)``, over ``transport``;
-    ``alltoallv-fresh``: alltoallv with ``fresh_buffers=True``) or the pure-torch peer, over
+    ``alltoallv-pairs-fresh``: alltoallv-pairs with ``fresh_buffers=True``) or the pure-torch peer, over
     :func:`bench_group`."""
     group = bench_group()
     if name == PEER:
@@ -102,10 +76,7 @@ def make_bench_dispatcher(name: str, num_experts: int, *, transport: str | None 
         return TorchAllToAllV(num_experts, group)
     from moecomm import MoECommConfig, make_dispatcher
 
-    options = transport_options(transport) if transport is not None else {}
-    if options is None:
-        raise ValueError(f"transport: MoECommConfig cannot select {transport!r} in this moecomm")
-    if name == FRESH:
-        return make_dispatcher(MoECommConfig(dispatcher="alltoallv", **options, **config),  # type: ignore[call-arg]
-                               num_experts=num_experts, group=group, fresh_buffers=True)
-    return make_dispatcher(MoECommConfig(dispatcher=name, **options, **config), num_experts=num_experts, group=group)
+    options = {} if transport is None else {"transport": transport}
+    fresh = name == FRESH
+    config = MoECommConfig(dispatcher="alltoallv-pairs" if fresh else name, **options, **config)
+    return make_dispatcher(config, num_experts=num_experts, group=group, fresh_buffers=fresh)
