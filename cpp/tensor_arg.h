@@ -43,5 +43,7 @@ std::string shape_string(const std::vector<int64_t>& shape);
 void check_tensor(const TensorArg& t, int64_t expected_dim, std::initializer_list<int> allowed);
 void check_contiguous(const TensorArg& t);
 void check_shape(const TensorArg& t, const std::vector<int64_t>& expected);
+// check_tensor + contiguous + exact shape: what every small index/count tensor must satisfy.
+void check_dense(const TensorArg& t, std::initializer_list<int> allowed, const std::vector<int64_t>& shape);
 
 }  // namespace moecomm::host
