@@ -136,6 +136,6 @@ def dequantize_rows(
     """
     q, scales, fmt = check_dequantize_args(q, scales, kind, dtype)
     out = output_buffer(out, tuple(q.shape), dtype)
-    _C.dequantize_rows(tensor_arg("q", q.contiguous()), tensor_arg("scales", scales.contiguous()),
-                       tensor_arg("out", out), num_threads())
+    q, scales = q.contiguous(), scales.contiguous()  # named: the copies must outlive the native call
+    _C.dequantize_rows(tensor_arg("q", q), tensor_arg("scales", scales), tensor_arg("out", out), num_threads())
     return out

@@ -14,7 +14,7 @@ __all__ = ["quantize_rows", "dequantize_rows"]
 
 def _expand_scales(scales: torch.Tensor, fmt: QuantFormat, hidden: int) -> torch.Tensor:
     """``[N, H]``: each column's block scale."""
-    per_block = scales.reshape(scales.shape[0], -1)
+    per_block = scales.reshape(scales.shape[0], fmt.scales_per_row(hidden))
     return per_block.repeat_interleave(fmt.cols_per_scale(hidden), dim=1)[:, :hidden]
 
 
