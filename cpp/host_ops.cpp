@@ -14,15 +14,6 @@ using cpu::ScalarType;
 
 namespace {
 
-constexpr int kF32 = static_cast<int>(ScalarType::kFloat32);
-constexpr int kF16 = static_cast<int>(ScalarType::kFloat16);
-constexpr int kBF16 = static_cast<int>(ScalarType::kBFloat16);
-constexpr int kI32 = static_cast<int>(ScalarType::kInt32);
-constexpr int kI64 = static_cast<int>(ScalarType::kInt64);
-constexpr int kBool = static_cast<int>(ScalarType::kBool);
-constexpr int kI8 = static_cast<int>(ScalarType::kInt8);
-constexpr int kF8E4M3 = static_cast<int>(ScalarType::kFloat8E4M3FN);
-
 std::string pair_string(int64_t flat, int64_t top_k) {
   std::ostringstream s;
   s << "[" << flat / top_k << ", " << flat % top_k << "]";

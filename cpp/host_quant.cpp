@@ -8,15 +8,9 @@
 namespace moecomm::host {
 
 using cpu::QuantKind;
-using cpu::ScalarType;
 
 namespace {
 
-constexpr int kF32 = static_cast<int>(ScalarType::kFloat32);
-constexpr int kF16 = static_cast<int>(ScalarType::kFloat16);
-constexpr int kBF16 = static_cast<int>(ScalarType::kBFloat16);
-constexpr int kI8 = static_cast<int>(ScalarType::kInt8);
-constexpr int kF8E4M3 = static_cast<int>(ScalarType::kFloat8E4M3FN);
 constexpr int64_t kFloat8BlockCols = 128;  // DeepEP's per-128-column scales
 
 // The block layout of a quantized [N, H] tensor, given by its dtype.
