@@ -14,13 +14,6 @@ using cpu::ScalarType;
 
 namespace {
 
-constexpr int kF32 = static_cast<int>(ScalarType::kFloat32);
-constexpr int kF16 = static_cast<int>(ScalarType::kFloat16);
-constexpr int kBF16 = static_cast<int>(ScalarType::kBFloat16);
-constexpr int kI32 = static_cast<int>(ScalarType::kInt32);
-constexpr int kI64 = static_cast<int>(ScalarType::kInt64);
-constexpr int kBool = static_cast<int>(ScalarType::kBool);
-
 std::string pair_string(int64_t flat, int64_t top_k) {
   std::ostringstream s;
   s << "[" << flat / top_k << ", " << flat % top_k << "]";
@@ -37,6 +30,8 @@ std::string dtype_name(int dtype) {
     case kI32: return "int32";
     case kI64: return "int64";
     case kBool: return "bool";
+    case kI8: return "int8";
+    case kF8E4M3: return "float8_e4m3fn";
   }
   return "unknown dtype code " + std::to_string(dtype);
 }
@@ -105,14 +100,13 @@ void check_shape(const TensorArg& t, const std::vector<int64_t>& expected) {
   }
 }
 
-namespace {
-
-// check_tensor + contiguous + exact shape: what every small index/count tensor must satisfy.
 void check_dense(const TensorArg& t, std::initializer_list<int> allowed, const std::vector<int64_t>& shape) {
   check_tensor(t, static_cast<int64_t>(shape.size()), allowed);
   check_contiguous(t);
   check_shape(t, shape);
 }
+
+namespace {
 
 // Checks topk_ids [T, K] int32/int64 contiguous and num_experts > 0.
 void check_topk_ids(const TensorArg& topk_ids, int64_t num_experts) {

@@ -1,10 +1,11 @@
-// pybind11 module moecomm._C: bindings only. Checks and dispatch live in host_ops.cpp, kernels in
+// pybind11 module moecomm._C: bindings only. Checks and dispatch live in host_ops.cpp and host_quant.cpp, kernels in
 // kernels/cpu/. Every function releases the GIL while the kernel runs.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include "host_ops.h"
 #include "shm_host.h"
+#include "host_quant.h"
 
 namespace py = pybind11;
 using moecomm::host::TensorArg;
@@ -29,7 +30,9 @@ PYBIND11_MODULE(_C, m) {
       .value("bfloat16", moecomm::cpu::ScalarType::kBFloat16)
       .value("int32", moecomm::cpu::ScalarType::kInt32)
       .value("int64", moecomm::cpu::ScalarType::kInt64)
-      .value("bool", moecomm::cpu::ScalarType::kBool);
+      .value("bool", moecomm::cpu::ScalarType::kBool)
+      .value("int8", moecomm::cpu::ScalarType::kInt8)
+      .value("float8_e4m3fn", moecomm::cpu::ScalarType::kFloat8E4M3FN);
 
   const auto release = py::call_guard<py::gil_scoped_release>();
   m.def("route_layout", &moecomm::host::route_layout, py::arg("topk_ids"), py::arg("num_experts"),
@@ -77,4 +80,8 @@ PYBIND11_MODULE(_C, m) {
       .def("ensure_region", &ShmGroupHost::ensure_region, py::arg("region"), py::arg("nbytes"), release)
       .def("sync", &ShmGroupHost::sync, py::arg("timeout_s"), release)
       .def("region", &ShmGroupHost::region, py::arg("rank"), py::arg("region"), release);
+  m.def("quantize_rows", &moecomm::host::quantize_rows, py::arg("x"), py::arg("q"), py::arg("scales"),
+        py::arg("num_threads"), release);
+  m.def("dequantize_rows", &moecomm::host::dequantize_rows, py::arg("q"), py::arg("scales"), py::arg("out"),
+        py::arg("num_threads"), release);
 }

@@ -11,6 +11,16 @@
 
 namespace moecomm::host {
 
+// ScalarType codes as the ints TensorArg carries.
+inline constexpr int kF32 = static_cast<int>(cpu::ScalarType::kFloat32);
+inline constexpr int kF16 = static_cast<int>(cpu::ScalarType::kFloat16);
+inline constexpr int kBF16 = static_cast<int>(cpu::ScalarType::kBFloat16);
+inline constexpr int kI32 = static_cast<int>(cpu::ScalarType::kInt32);
+inline constexpr int kI64 = static_cast<int>(cpu::ScalarType::kInt64);
+inline constexpr int kBool = static_cast<int>(cpu::ScalarType::kBool);
+inline constexpr int kI8 = static_cast<int>(cpu::ScalarType::kInt8);
+inline constexpr int kF8E4M3 = static_cast<int>(cpu::ScalarType::kFloat8E4M3FN);
+
 struct TensorArg {
   std::string name;  // the Python argument name, used in every error message
   uintptr_t data = 0;
@@ -43,5 +53,7 @@ std::string shape_string(const std::vector<int64_t>& shape);
 void check_tensor(const TensorArg& t, int64_t expected_dim, std::initializer_list<int> allowed);
 void check_contiguous(const TensorArg& t);
 void check_shape(const TensorArg& t, const std::vector<int64_t>& expected);
+// check_tensor + contiguous + exact shape: what every small index/count tensor must satisfy.
+void check_dense(const TensorArg& t, std::initializer_list<int> allowed, const std::vector<int64_t>& shape);
 
 }  // namespace moecomm::host

@@ -14,6 +14,8 @@ size_t element_size(ScalarType type) {
     case ScalarType::kInt32: return 4;
     case ScalarType::kInt64: return 8;
     case ScalarType::kBool: return 1;
+    case ScalarType::kInt8: return 1;
+    case ScalarType::kFloat8E4M3FN: return 1;
   }
   return 0;
 }

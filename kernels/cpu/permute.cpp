@@ -1,49 +1,9 @@
 // permute: scatter each token's row to its (token, k) pairs' expert-major rows.
-#include <cstring>
-
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
-
 #include "copy.h"
 #include "moecomm/cpu_kernels.h"
 #include "parallel.h"
 
 namespace moecomm::cpu {
-
-namespace {
-
-// Outputs larger than this bypass the cache with streaming stores: they cannot stay cached anyway,
-// and skipping the read-for-ownership of every destination line saves a third of the traffic.
-constexpr int64_t kStreamingOutputBytes = int64_t{32} << 20;
-
-// Copies `bytes` bytes with non-temporal stores when both sizes and dst allow it, else memcpy.
-inline void copy_row_streaming(char* dst, const char* src, int64_t bytes) {
-#if defined(__SSE2__)
-  if ((reinterpret_cast<uintptr_t>(dst) & 15) == 0 && (bytes & 63) == 0) {
-    for (int64_t i = 0; i < bytes; i += 64) {
-      const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
-      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 16));
-      const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 32));
-      const __m128i d = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 48));
-      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), a);
-      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 16), b);
-      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 32), c);
-      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 48), d);
-    }
-    return;
-  }
-#endif
-  std::memcpy(dst, src, static_cast<size_t>(bytes));
-}
-
-inline void streaming_fence() {
-#if defined(__SSE2__)
-  _mm_sfence();
-#endif
-}
-
-}  // namespace
 
 int64_t permute(const void* x, int64_t num_tokens, int64_t hidden, int64_t x_stride_token,
                 int64_t x_stride_hidden, size_t elem_size, const int64_t* row_of_pair,

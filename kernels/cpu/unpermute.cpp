@@ -10,22 +10,6 @@ namespace moecomm::cpu {
 
 namespace {
 
-struct Float32 {
-  using Storage = float;
-  static float load(float v) { return v; }
-  static float store(float v) { return v; }
-};
-struct BFloat16 {
-  using Storage = uint16_t;
-  static float load(uint16_t v) { return bf16_to_float(v); }
-  static uint16_t store(float v) { return float_to_bf16(v); }
-};
-struct Float16 {
-  using Storage = uint16_t;
-  static float load(uint16_t v) { return fp16_to_float(v); }
-  static uint16_t store(float v) { return float_to_fp16(v); }
-};
-
 template <typename Type>
 void unpermute_typed(const typename Type::Storage* y, int64_t hidden, int64_t y_stride_row,
                      int64_t y_stride_hidden, const int64_t* row_of_pair, const float* weights,

@@ -14,6 +14,8 @@ class ScalarType(enum.IntEnum):
     int32 = 3
     int64 = 4
     bool = 5
+    int8 = 6
+    float8_e4m3fn = 7
 
 class TensorArg:
     """A tensor as (argument name, data pointer, shape, strides in elements, ScalarType code)."""
@@ -69,3 +71,12 @@ def regroup_blocks(rows: TensorArg, block_rows: TensorArg, out: TensorArg, num_t
 def advise_huge_pages(out: TensorArg) -> None:
     """With MOECOMM_HUGE_PAGES=1 (read once), asks for transparent huge pages on a large untouched
     buffer (Linux); otherwise a no-op."""
+
+def quantize_rows(x: TensorArg, q: TensorArg, scales: TensorArg, num_threads: int) -> None:
+    """x [N,H] float32/float16/bfloat16 (any strides); q [N,H] int8 or float8_e4m3fn contiguous; scales
+    float32 contiguous, [N] for int8 or [N, ceil(H/128)] for float8_e4m3fn. Raises naming x for a row
+    holding inf or NaN."""
+
+def dequantize_rows(q: TensorArg, scales: TensorArg, out: TensorArg, num_threads: int) -> None:
+    """q [N,H] int8 or float8_e4m3fn contiguous; scales as quantize_rows wrote them; out [N,H]
+    float32/float16/bfloat16 contiguous. Raises naming scales for one that is negative, inf or NaN."""

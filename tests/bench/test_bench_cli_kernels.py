@@ -47,3 +47,17 @@ def test_bench_cli_kernels_ratios_are_median_quotients() -> None:
     })
     assert ratios["unpermute/native"] == pytest.approx({"speedup_vs_megatron": 20.0})
     assert "permute/reference" not in ratios
+
+
+def test_bench_cli_kernels_quant_bandwidth_is_a_gb_per_s_quotient() -> None:
+    def timing(median: float) -> Timing:
+        return Timing((median * 0.9, median, median * 1.1))
+
+    timings = {"memcpy_x/prealloc": timing(2.0), "quantize_int8/native": timing(3.0),
+               "quantize_int8/reference": timing(60.0), "dequantize_fp8/native-out": timing(1.5)}
+    moved = {"memcpy_x": 200, "quantize_int8": 150, "dequantize_fp8": 150}
+    ratios = kernel_ratios(timings, moved)
+    # memcpy: 100 B/s; quantize: 50 B/s; dequantize: 100 B/s
+    assert ratios["quantize_int8/native"] == pytest.approx({"speedup_vs_reference": 20.0, "bandwidth_vs_memcpy": 0.5})
+    assert ratios["dequantize_fp8/native-out"] == pytest.approx({"bandwidth_vs_memcpy": 1.0})
+    assert "bandwidth_vs_memcpy" not in kernel_ratios(timings)["quantize_int8/native"]

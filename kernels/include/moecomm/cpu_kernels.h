@@ -21,6 +21,8 @@ enum class ScalarType : int {
   kInt32 = 3,
   kInt64 = 4,
   kBool = 5,
+  kInt8 = 6,
+  kFloat8E4M3FN = 7,  // float8 e4m3fn bytes
 };
 
 size_t element_size(ScalarType type);

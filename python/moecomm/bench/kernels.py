@@ -13,6 +13,10 @@ Peers, all timed in one interleaved run on the same inputs:
   indexing and no allocation.
 - ``memcpy/alloc``: ``torch.empty`` of the output, then the same ``memcpy``: what an op returning a fresh
   tensor pays at least.
+- ``quantize_int8`` / ``quantize_fp8`` / ``dequantize_int8`` / ``dequantize_fp8``: ``moecomm.ops.quantize_rows``
+  and ``dequantize_rows`` of ``x [T, H]`` (native, native-out, reference), with ``memcpy_x/prealloc`` (glibc
+  ``memcpy`` of x into a preallocated buffer) as their bandwidth peer: their ``bandwidth_vs_memcpy`` compares
+  GB/s of the bytes each one reads and writes (x, codes, scales) with memcpy's GB/s.
 
 With ``allocator="default"`` a fresh 256 MiB output is a new mmap each call, so every op that returns a
 new tensor pays page faults (on this VM more than the copy itself); ``allocator="reuse"`` (mallopt) lets
@@ -126,6 +130,9 @@ def build_cases(config: KernelBenchConfig) -> tuple[dict[str, Callable[[], objec
         "unpermute/native-out": lambda: ops.unpermute(expert_out, layout, weights, out=unpermute_out),
         "unpermute/reference": lambda: ops.reference.unpermute(expert_out, layout, weights),
     }
+    quant_cases, quant_checks, quant_bytes = quant_cases_of(x)
+    cases.update(quant_cases)
+    checks.update(quant_checks)
     moe_utils = load_megatron_moe_utils() if config.megatron else None
     if moe_utils is not None:
         routing_map, probs = dense_routing(ids, weights, config.num_experts)
@@ -154,13 +161,48 @@ def build_cases(config: KernelBenchConfig) -> tuple[dict[str, Callable[[], objec
             "memcpy": 2 * num_rows * config.hidden * element,
             "permute": 2 * num_rows * config.hidden * element,  # gather rows in, rows out
             "unpermute": (num_rows + config.num_tokens) * config.hidden * element,  # rows in, tokens out
+            **quant_bytes,
         },
     }
     return cases, facts
 
 
-def kernel_ratios(timings: dict[str, Timing]) -> dict[str, dict[str, float]]:
-    """Peer ratios per case, from medians of the same interleaved run."""
+def quant_cases_of(x: torch.Tensor) -> tuple[dict[str, Callable[[], object]], dict[str, bool], dict[str, int]]:
+    """quantize_rows / dequantize_rows cases on ``x [T, H]`` for every kind, their reference checks, and the
+    bytes each case reads and writes (memcpy_x: x read and written once)."""
+    cases: dict[str, Callable[[], object]] = {}
+    checks: dict[str, bool] = {}
+    x_bytes = x.numel() * x.element_size()
+    moved = {"memcpy_x": 2 * x_bytes}
+    memcpy_src, memcpy_dst = x.clone(), torch.empty_like(x)
+    cases["memcpy_x/prealloc"] = lambda: memcpy(memcpy_dst, memcpy_src)
+    for kind in ops.QUANT_KINDS:
+        q, scales = ops.quantize_rows(x, kind)
+        q_ref, scales_ref = ops.reference.quantize_rows(x, kind)
+        checks[f"quantize_{kind}_matches_reference"] = bool(
+            torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8)) and torch.equal(scales, scales_ref))
+        checks[f"dequantize_{kind}_matches_reference"] = bool(torch.equal(
+            ops.dequantize_rows(q, scales, kind, x.dtype), ops.reference.dequantize_rows(q, scales, kind, x.dtype)))
+        q_out, scales_out, rows_out = torch.empty_like(q), torch.empty_like(scales), torch.empty_like(x)
+        touched = x_bytes + q.numel() * q.element_size() + scales.numel() * scales.element_size()
+        moved[f"quantize_{kind}"] = moved[f"dequantize_{kind}"] = touched
+        cases.update({
+            f"quantize_{kind}/native": lambda kind=kind: ops.quantize_rows(x, kind),
+            f"quantize_{kind}/native-out": lambda kind=kind, q_out=q_out, scales_out=scales_out: ops.quantize_rows(
+                x, kind, out=q_out, out_scales=scales_out),
+            f"quantize_{kind}/reference": lambda kind=kind: ops.reference.quantize_rows(x, kind),
+            f"dequantize_{kind}/native": lambda kind=kind, q=q, scales=scales: ops.dequantize_rows(q, scales, kind, x.dtype),
+            f"dequantize_{kind}/native-out": lambda kind=kind, q=q, scales=scales, rows_out=rows_out: ops.dequantize_rows(
+                q, scales, kind, x.dtype, out=rows_out),
+            f"dequantize_{kind}/reference": lambda kind=kind, q=q, scales=scales: ops.reference.dequantize_rows(
+                q, scales, kind, x.dtype),
+        })
+    return cases, checks, moved
+
+
+def kernel_ratios(timings: dict[str, Timing], bytes_moved: dict[str, int] | None = None) -> dict[str, dict[str, float]]:
+    """Peer ratios per case, from medians of the same interleaved run. With ``bytes_moved`` (op -> bytes),
+    the quantize/dequantize cases also get ``bandwidth_vs_memcpy``: their GB/s over ``memcpy_x``'s."""
 
     def median(name: str) -> float | None:
         return timings[name].median if name in timings else None
@@ -182,6 +224,9 @@ def kernel_ratios(timings: dict[str, Timing]) -> dict[str, dict[str, float]]:
             megatron = median("permute/megatron")
             if megatron is not None:  # Megatron's permute derives its indices itself: charge ours the layout
                 found["speedup_vs_megatron_incl_layout"] = megatron / (native + timings["route_layout/native"].median)
+        if op.startswith(("quantize_", "dequantize_")) and bytes_moved and "memcpy_x/prealloc" in timings:
+            memcpy_gb_per_s = bytes_moved["memcpy_x"] / timings["memcpy_x/prealloc"].median
+            found["bandwidth_vs_memcpy"] = bytes_moved[op] / native / memcpy_gb_per_s
         ratios[case] = found
     return ratios
 
@@ -193,7 +238,7 @@ def run_kernels(config: KernelBenchConfig, *, progress: bool = True) -> dict[str
     cases, facts = build_cases(config)
     with progress_task("kernels", config.warmup + config.repeats, progress) as advance:
         timings = measure_interleaved(cases, repeats=config.repeats, warmup=config.warmup, on_round=advance)
-    ratios = kernel_ratios(timings)
+    ratios = kernel_ratios(timings, facts["bytes"])
     shape = asdict(config)
     shape["torch_threads"] = torch.get_num_threads()
     records = []

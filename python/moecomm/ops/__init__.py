@@ -9,6 +9,7 @@
 | pack_padded / unpack_padded | rows [N,H], counts [B], capacity | [B,capacity,H] and back |
 | regroup_blocks | rows [N,H], block_rows [A,B] | [N,H] blocks in (B, A) order |
 | capacity_for_ratio / capacity_from_factor | loads [B] / sizes | int cap |
+| quantize_rows / dequantize_rows | x [N,H], kind int8/fp8 | q [N,H] int8/float8_e4m3fn + scales [N] / [N,ceil(H/128)] float32, and back |
 
 ``moecomm.ops.reference`` holds a pure-torch version of each with the same signature.
 """
@@ -18,6 +19,7 @@ from moecomm.ops.capacity import capacity_for_ratio, capacity_from_factor, drop_
 from moecomm.ops.layout import RouteLayout, route_layout
 from moecomm.ops.padded import pack_padded, unpack_padded
 from moecomm.ops.permute import permute, unpermute
+from moecomm.ops.quant import QUANT_KINDS, dequantize_rows, quantize_rows, quantized_row_bytes
 from moecomm.ops.regroup import empty_buffer, regroup_blocks
 from moecomm.ops.select import select_kept
 
@@ -34,5 +36,9 @@ __all__ = [
     "capacity_for_ratio",
     "capacity_from_factor",
     "drop_budget",
+    "quantize_rows",
+    "dequantize_rows",
+    "quantized_row_bytes",
+    "QUANT_KINDS",
     "reference",
 ]

@@ -98,3 +98,15 @@ def check_ratio(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= float(value) < 1.0):
         raise ValueError(f"{name}: expected a number in [0, 1), got {value!r}")
     return float(value)
+
+
+def output_buffer(
+    out: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, name: str = "out"
+) -> torch.Tensor:
+    """A new ``shape`` tensor, or ``out`` checked to be a contiguous CPU tensor of that shape and dtype."""
+    if out is None:
+        return torch.empty(shape, dtype=dtype)
+    check_tensor(name, out, dim=len(shape), dtypes=(dtype,))
+    if tuple(out.shape) != shape or not out.is_contiguous():
+        raise ValueError(f"{name}: expected a contiguous tensor of shape {list(shape)}, got {list(out.shape)}")
+    return out

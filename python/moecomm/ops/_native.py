@@ -13,6 +13,8 @@ _DTYPE_CODES = {
     torch.int32: int(_C.ScalarType.int32),
     torch.int64: int(_C.ScalarType.int64),
     torch.bool: int(_C.ScalarType.bool),
+    torch.int8: int(_C.ScalarType.int8),
+    torch.float8_e4m3fn: int(_C.ScalarType.float8_e4m3fn),
 }
 
 

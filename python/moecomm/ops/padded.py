@@ -7,7 +7,7 @@ import torch
 from moecomm import _C
 from moecomm.ops._checks import ACTIVATION_DTYPES, check_non_negative_int, check_tensor
 from moecomm.ops._native import num_threads, tensor_arg
-from moecomm.ops.permute import output_buffer
+from moecomm.ops._checks import output_buffer
 
 
 def check_counts(counts: torch.Tensor, num_rows: int, capacity: int, num_buckets: int | None = None) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from moecomm import _C
-from moecomm.ops._checks import ACTIVATION_DTYPES, check_tensor, check_topk_weights
+from moecomm.ops._checks import ACTIVATION_DTYPES, check_tensor, check_topk_weights, output_buffer
 from moecomm.ops._native import num_threads, tensor_arg
 from moecomm.ops.layout import RouteLayout, route_layout
 
@@ -43,16 +43,6 @@ def check_unpermute_args(
 def check_row_count(name: str, rows: torch.Tensor, layout: RouteLayout) -> None:
     if rows.shape[0] != layout.num_rows:
         raise ValueError(f"{name}: expected {layout.num_rows} rows (kept pairs of the layout), got {rows.shape[0]}")
-
-
-def output_buffer(out: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A new ``shape`` tensor, or ``out`` checked to be a contiguous CPU tensor of that shape and dtype."""
-    if out is None:
-        return torch.empty(shape, dtype=dtype)
-    check_tensor("out", out, dim=len(shape), dtypes=(dtype,))
-    if tuple(out.shape) != shape or not out.is_contiguous():
-        raise ValueError(f"out: expected a contiguous tensor of shape {list(shape)}, got {list(out.shape)}")
-    return out
 
 
 def permute(

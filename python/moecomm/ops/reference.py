@@ -12,6 +12,7 @@ from moecomm.ops._checks import ACTIVATION_DTYPES, check_is_kept, check_tensor, 
 from moecomm.ops.capacity import capacity_for_ratio, capacity_from_factor, drop_budget
 from moecomm.ops.layout import RouteLayout, tokens_per_rank_of
 from moecomm.ops.padded import check_counts
+from moecomm.ops.reference_quant import dequantize_rows, quantize_rows
 from moecomm.ops.permute import check_permute_args, check_row_count, check_unpermute_args
 from moecomm.ops.regroup import check_block_rows
 from moecomm.ops.select import check_select_args
@@ -27,6 +28,8 @@ __all__ = [
     "capacity_for_ratio",
     "capacity_from_factor",
     "drop_budget",
+    "quantize_rows",
+    "dequantize_rows",
 ]
 
 

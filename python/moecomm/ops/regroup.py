@@ -7,7 +7,7 @@ import torch
 from moecomm import _C
 from moecomm.ops._checks import ACTIVATION_DTYPES, check_tensor
 from moecomm.ops._native import num_threads, tensor_arg
-from moecomm.ops.permute import output_buffer
+from moecomm.ops._checks import output_buffer
 
 
 def empty_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

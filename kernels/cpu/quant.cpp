@@ -1,0 +1,206 @@
+// quantize_rows / dequantize_rows: int8 per-token and float8 e4m3fn per-block rows for quantized dispatch.
+// Definition of the arithmetic: moecomm/quant_kernels.h. Threads over rows; the inner loops are branch-free.
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "convert.h"
+#include "copy.h"
+#include "moecomm/quant_kernels.h"
+#include "parallel.h"
+
+namespace moecomm::cpu {
+
+namespace {
+
+// Codes: encode(v) = the code of clamp(v, -kMax, kMax), for finite |v| < 2^22. The clamp is applied to the
+// integer code (the same result, since kMax is representable): it keeps the loops free of float selects.
+struct Int8Code {
+  using Storage = int8_t;
+  static constexpr float kMax = 127.0f;
+  static int8_t encode(float v) {
+    const int32_t rounded = static_cast<int32_t>(round_half_even(v));
+    return static_cast<int8_t>(std::min(std::max(rounded, int32_t{-127}), int32_t{127}));
+  }
+  static float decode(int8_t q) { return static_cast<float>(q); }
+};
+
+struct Float8E4M3Code {
+  using Storage = uint8_t;
+  static constexpr float kMax = kFloat8E4M3Max;
+  static uint8_t encode(float v) { return float_to_e4m3_saturated(v); }
+  static float decode(uint8_t q) { return e4m3_to_float(q); }
+};
+
+constexpr uint32_t kInfinityBits = 0x7f800000u;
+constexpr int64_t kRowsPerChunk = 4;
+
+// Calls fn(Type{}) for the float element type `type`; false if it is not one.
+template <typename Fn>
+bool visit_float_type(ScalarType type, Fn&& fn) {
+  switch (type) {
+    case ScalarType::kFloat32: fn(Float32{}); return true;
+    case ScalarType::kFloat16: fn(Float16{}); return true;
+    case ScalarType::kBFloat16: fn(BFloat16{}); return true;
+    default: return false;
+  }
+}
+
+// Calls fn(Code{}) for `kind`; false if it is not a known kind.
+template <typename Fn>
+bool visit_code(QuantKind kind, Fn&& fn) {
+  switch (kind) {
+    case QuantKind::kInt8: fn(Int8Code{}); return true;
+    case QuantKind::kFloat8E4M3: fn(Float8E4M3Code{}); return true;
+  }
+  return false;
+}
+
+// Blocks of block_cols columns: block b covers [begin, end), empty past column `hidden`.
+struct Blocks {
+  int64_t hidden, block_cols, used;  // used = ceil(hidden / block_cols): blocks holding columns
+  int64_t begin(int64_t b) const { return b < used ? b * block_cols : hidden; }
+  int64_t end(int64_t b) const { return b < used ? std::min(hidden, b * block_cols + block_cols) : hidden; }
+};
+
+// Sizes a kernel can trust: block_cols >= 1 and scales_per_row blocks cover every column.
+bool blocks_cover(int64_t num_rows, int64_t hidden, int64_t block_cols, int64_t scales_per_row, Blocks* blocks) {
+  if (num_rows < 0 || hidden < 0 || block_cols < 1 || scales_per_row < 0) return false;
+  const int64_t used = hidden / block_cols + (hidden % block_cols != 0);
+  if (scales_per_row < used) return false;
+  *blocks = Blocks{hidden, block_cols, used};
+  return true;
+}
+
+// Largest |v| over n values, as float32 bits: inf and NaN compare above every finite value.
+template <typename Type>
+uint32_t absmax_bits(const typename Type::Storage* v, int64_t n) {
+  uint32_t m = 0;
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, float_to_bits(Type::load(v[i])) & 0x7fffffffu);
+  return m;
+}
+
+template <typename Type, typename Code>
+void quantize_block(const typename Type::Storage* v, int64_t n, float scale, typename Code::Storage* q) {
+  if (scale == 0.0f) {
+    std::memset(q, 0, static_cast<size_t>(n) * sizeof(typename Code::Storage));
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) q[i] = Code::encode(Type::load(v[i]) / scale);
+}
+
+// Quantizes one contiguous row into q_row and scale_row; false (nothing more written) at a block holding
+// inf or NaN.
+template <typename Type, typename Code>
+bool quantize_row(const typename Type::Storage* row, const Blocks& blocks, int64_t scales_per_row,
+                  typename Code::Storage* q_row, float* scale_row) {
+  for (int64_t b = 0; b < scales_per_row; ++b) {
+    const int64_t begin = blocks.begin(b), n = blocks.end(b) - begin;
+    const uint32_t absmax = absmax_bits<Type>(row + begin, n);
+    if (absmax >= kInfinityBits) return false;
+    const float scale = bits_to_float(absmax) / Code::kMax;
+    scale_row[b] = scale;
+    quantize_block<Type, Code>(row + begin, n, scale, q_row + begin);
+  }
+  return true;
+}
+
+template <typename Type, typename Code>
+int64_t quantize_typed(const typename Type::Storage* x, int64_t num_rows, const Blocks& blocks,
+                       int64_t x_stride_row, int64_t x_stride_hidden, int64_t scales_per_row,
+                       typename Code::Storage* q, float* scales, int num_threads) {
+  using Storage = typename Type::Storage;
+  using CodeStorage = typename Code::Storage;
+  const int64_t hidden = blocks.hidden;
+  const int64_t row_bytes = hidden * static_cast<int64_t>(sizeof(CodeStorage));
+  const bool streaming = num_rows * row_bytes >= kStreamingOutputBytes;
+  std::vector<int64_t> first_bad(static_cast<size_t>(parallel_chunks(num_rows, num_threads, kRowsPerChunk)), kOk);
+  parallel_for(num_rows, num_threads, kRowsPerChunk, [&](int64_t r0, int64_t r1, int64_t chunk) {
+    std::vector<Storage> gathered(x_stride_hidden == 1 ? 0 : static_cast<size_t>(hidden));  // strided rows
+    std::vector<CodeStorage> staged(streaming ? static_cast<size_t>(hidden) : 0);  // q row before streaming
+    for (int64_t r = r0; r < r1; ++r) {
+      const Storage* row = x + r * x_stride_row;
+      if (x_stride_hidden != 1) {
+        copy_row(reinterpret_cast<char*>(gathered.data()), reinterpret_cast<const char*>(row), hidden,
+                 x_stride_hidden, sizeof(Storage));
+        row = gathered.data();
+      }
+      CodeStorage* q_row = q + r * hidden;
+      if (!quantize_row<Type, Code>(row, blocks, scales_per_row, streaming ? staged.data() : q_row,
+                                    scales + r * scales_per_row)) {
+        first_bad[static_cast<size_t>(chunk)] = r;
+        break;
+      }
+      if (streaming) {
+        copy_row_streaming(reinterpret_cast<char*>(q_row), reinterpret_cast<const char*>(staged.data()), row_bytes);
+      }
+    }
+    if (streaming) streaming_fence();
+  });
+  for (int64_t bad : first_bad) {
+    if (bad != kOk) return bad;  // chunks are in row order, each reports its first bad row
+  }
+  return kOk;
+}
+
+template <typename Code, typename Type>
+void dequantize_typed(const typename Code::Storage* q, int64_t num_rows, const Blocks& blocks, const float* scales,
+                      int64_t scales_per_row, typename Type::Storage* out, int num_threads) {
+  const int64_t hidden = blocks.hidden;
+  parallel_for(num_rows, num_threads, kRowsPerChunk, [&](int64_t r0, int64_t r1, int64_t) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const typename Code::Storage* q_row = q + r * hidden;
+      typename Type::Storage* out_row = out + r * hidden;
+      for (int64_t b = 0; b < blocks.used; ++b) {
+        const float scale = scales[r * scales_per_row + b];
+        for (int64_t h = blocks.begin(b), end = blocks.end(b); h < end; ++h) {
+          out_row[h] = Type::store(Code::decode(q_row[h]) * scale);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+int64_t quantize_rows(const void* x, ScalarType type, int64_t num_rows, int64_t hidden, int64_t x_stride_row,
+                      int64_t x_stride_hidden, QuantKind kind, int64_t block_cols, int64_t scales_per_row,
+                      void* q, float* scales, int num_threads) {
+  Blocks blocks{};
+  if (!blocks_cover(num_rows, hidden, block_cols, scales_per_row, &blocks)) return kBadQuantArgs;
+  int64_t result = kBadQuantArgs;
+  visit_float_type(type, [&](auto element) {
+    using Type = decltype(element);
+    visit_code(kind, [&](auto code) {
+      using Code = decltype(code);
+      result = quantize_typed<Type, Code>(static_cast<const typename Type::Storage*>(x), num_rows, blocks,
+                                          x_stride_row, x_stride_hidden, scales_per_row,
+                                          static_cast<typename Code::Storage*>(q), scales, num_threads);
+    });
+  });
+  return result;
+}
+
+int64_t dequantize_rows(const void* q, QuantKind kind, int64_t num_rows, int64_t hidden, const float* scales,
+                        int64_t block_cols, int64_t scales_per_row, ScalarType out_type, void* out,
+                        int num_threads) {
+  Blocks blocks{};
+  if (!blocks_cover(num_rows, hidden, block_cols, scales_per_row, &blocks)) return kBadQuantArgs;
+  const int64_t num_scales = num_rows * scales_per_row;
+  for (int64_t i = 0; i < num_scales; ++i) {
+    if (!(scales[i] >= 0.0f && scales[i] <= std::numeric_limits<float>::max())) return i;  // NaN fails too
+  }
+  bool known = false;
+  visit_float_type(out_type, [&](auto element) {
+    using Type = decltype(element);
+    known = visit_code(kind, [&](auto code) {
+      using Code = decltype(code);
+      dequantize_typed<Code, Type>(static_cast<const typename Code::Storage*>(q), num_rows, blocks, scales,
+                                   scales_per_row, static_cast<typename Type::Storage*>(out), num_threads);
+    });
+  });
+  return known ? kOk : kBadQuantArgs;
+}
+
+}  // namespace moecomm::cpu

@@ -1,0 +1,141 @@
+"""quantize_rows / dequantize_rows: rows on the wire as int8 (per-token scale) or float8 e4m3fn (per-128-column
+scales, DeepEP's layout), natively.
+
+Exact arithmetic (the native kernels and :mod:`moecomm.ops.reference_quant` agree bit for bit):
+
+- A row of H values is cut into blocks: the whole row for ``"int8"``, 128 columns for ``"fp8"`` (the last
+  block is shorter when H is not a multiple of 128). Each block gets one float32 scale
+  ``absmax(block) / max_code`` with ``max_code`` 127 (int8) or 448 (e4m3fn's largest finite value).
+- Codes: ``clamp(x / scale, -max_code, max_code)`` in float32, then round half to even (int8) or round to
+  the nearest e4m3fn value, ties to even (fp8). The clamp only bites when the scale is subnormal.
+- A block whose scale is 0 (all zeros, or absmax below ~1.8e-43 so that absmax / 127 underflows) is sent
+  as scale 0 and codes 0, and dequantizes to exact zeros.
+- inf or NaN in x raises ``ValueError`` naming the first such row; quantized rows must be finite (a NaN has
+  no scale that represents it, and a saturated inf would silently change the row's other values).
+- Dequantize: ``float(code) * scale`` in float32, rounded to the output dtype (nearest even). A scale that
+  is negative, inf or NaN raises ``ValueError`` naming its index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from moecomm import _C
+from moecomm.ops._checks import ACTIVATION_DTYPES, _names, check_choice, check_tensor, output_buffer
+from moecomm.ops._native import num_threads, tensor_arg
+
+QUANT_KINDS = ("int8", "fp8")
+FP8_BLOCK_COLS = 128
+SCALE_BYTES = 4  # float32
+
+
+@dataclass(frozen=True)
+class QuantFormat:
+    """How rows of one ``kind`` are quantized: code dtype, largest code, columns per scale (None: the row)."""
+
+    kind: str
+    dtype: torch.dtype
+    max_code: float
+    block_cols: int | None
+
+    def cols_per_scale(self, hidden: int) -> int:
+        """Columns of each block of a row of ``hidden`` values (>= 1)."""
+        return self.block_cols if self.block_cols is not None else max(hidden, 1)
+
+    def scales_per_row(self, hidden: int) -> int:
+        return 1 if self.block_cols is None else -(-hidden // self.block_cols)
+
+    def scales_shape(self, num_rows: int, hidden: int) -> tuple[int, ...]:
+        """``(N,)`` for int8, ``(N, ceil(H / 128))`` for fp8."""
+        return (num_rows,) if self.block_cols is None else (num_rows, self.scales_per_row(hidden))
+
+
+QUANT_FORMATS = {
+    "int8": QuantFormat("int8", torch.int8, 127.0, None),
+    "fp8": QuantFormat("fp8", torch.float8_e4m3fn, 448.0, FP8_BLOCK_COLS),
+}
+
+
+def quant_format(kind: object) -> QuantFormat:
+    """The :class:`QuantFormat` of ``kind`` (``"int8"`` or ``"fp8"``); raises naming ``kind`` otherwise."""
+    return QUANT_FORMATS[check_choice("kind", kind, QUANT_KINDS)]
+
+
+def quantized_row_bytes(hidden: int, kind: str) -> int:
+    """Wire bytes of one quantized row of ``hidden`` values, scales included: H + 4 (int8),
+    H + 4 * ceil(H / 128) (fp8). For the dispatchers' ``bytes_sent`` accounting."""
+    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 0:
+        raise ValueError(f"hidden: expected an int >= 0, got {hidden!r}")
+    fmt = quant_format(kind)
+    return hidden * torch.empty((), dtype=fmt.dtype).element_size() + SCALE_BYTES * fmt.scales_per_row(hidden)
+
+
+def check_quantize_args(x: object, kind: object) -> tuple[torch.Tensor, QuantFormat]:
+    """Checks ``x [N, H]`` float32/float16/bfloat16 on the CPU and ``kind``."""
+    fmt = quant_format(kind)
+    return check_tensor("x", x, dim=2, dtypes=ACTIVATION_DTYPES), fmt
+
+
+def check_dequantize_args(
+    q: object, scales: object, kind: object, dtype: object
+) -> tuple[torch.Tensor, torch.Tensor, QuantFormat]:
+    """Checks ``q [N, H]`` of kind's code dtype, ``scales`` of kind's shape (float32) and the output ``dtype``."""
+    fmt = quant_format(kind)
+    q = check_tensor("q", q, dim=2, dtypes=(fmt.dtype,))
+    shape = fmt.scales_shape(q.shape[0], q.shape[1])
+    scales = check_tensor("scales", scales, dim=len(shape), dtypes=(torch.float32,))
+    if tuple(scales.shape) != shape:
+        raise ValueError(f"scales: expected shape {list(shape)} for {fmt.kind} rows of shape {list(q.shape)}, got {list(scales.shape)}")
+    if dtype not in ACTIVATION_DTYPES:
+        raise TypeError(f"dtype: expected one of {{{_names(ACTIVATION_DTYPES)}}}, got {dtype!r}")
+    return q, scales, fmt
+
+
+def quantize_rows(
+    x: torch.Tensor, kind: str, *, out: torch.Tensor | None = None, out_scales: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantizes each row of ``x`` (definition in the module docstring).
+
+    Args:
+        x: ``[N, H]`` float32/float16/bfloat16, CPU, any strides; every value finite.
+        kind: ``"int8"`` (one scale per row) or ``"fp8"`` (float8_e4m3fn, one scale per 128 columns).
+        out: optional preallocated ``[N, H]`` contiguous int8 / float8_e4m3fn tensor for the codes.
+        out_scales: optional preallocated contiguous float32 tensor of the scales' shape.
+
+    Returns:
+        ``(q, scales)``: q ``[N, H]`` int8 or float8_e4m3fn; scales float32 ``[N]`` (int8) or
+        ``[N, ceil(H / 128)]`` (fp8). With ``out``/``out_scales``, those tensors.
+
+    Raises:
+        ValueError: naming ``x`` and the first row holding inf or NaN (out/out_scales are then unspecified).
+    """
+    x, fmt = check_quantize_args(x, kind)
+    num_rows, hidden = x.shape
+    q = output_buffer(out, (num_rows, hidden), fmt.dtype)
+    scales = output_buffer(out_scales, fmt.scales_shape(num_rows, hidden), torch.float32, "out_scales")
+    _C.quantize_rows(tensor_arg("x", x), tensor_arg("out", q), tensor_arg("out_scales", scales), num_threads())
+    return q, scales
+
+
+def dequantize_rows(
+    q: torch.Tensor, scales: torch.Tensor, kind: str, dtype: torch.dtype, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Turns quantized rows back into ``dtype`` values: ``float(q) * scale``, rounded to ``dtype``.
+
+    Args:
+        q: ``[N, H]`` int8 (kind ``"int8"``) or float8_e4m3fn (kind ``"fp8"``) codes, CPU.
+        scales: float32 ``[N]`` (int8) or ``[N, ceil(H / 128)]`` (fp8), each finite and >= 0.
+        kind: ``"int8"`` or ``"fp8"``, as given to :func:`quantize_rows`.
+        dtype: output dtype, float32/float16/bfloat16.
+        out: optional preallocated ``[N, H]`` contiguous tensor of ``dtype``.
+
+    Returns:
+        ``[N, H]`` of ``dtype``.
+    """
+    q, scales, fmt = check_dequantize_args(q, scales, kind, dtype)
+    out = output_buffer(out, tuple(q.shape), dtype)
+    q, scales = q.contiguous(), scales.contiguous()  # named: the copies must outlive the native call
+    _C.dequantize_rows(tensor_arg("q", q), tensor_arg("scales", scales), tensor_arg("out", out), num_threads())
+    return out

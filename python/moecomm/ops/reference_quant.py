@@ -1,0 +1,46 @@
+"""Pure-torch references of :func:`moecomm.ops.quantize_rows` and :func:`moecomm.ops.dequantize_rows`
+(no ``_C``): the same arithmetic written as whole-tensor torch ops, in the same order, so the native
+kernels match them bit for bit. Definition: :mod:`moecomm.ops.quant`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from moecomm.ops.quant import QuantFormat, check_dequantize_args, check_quantize_args
+
+__all__ = ["quantize_rows", "dequantize_rows"]
+
+
+def _expand_scales(scales: torch.Tensor, fmt: QuantFormat, hidden: int) -> torch.Tensor:
+    """``[N, H]``: each column's block scale."""
+    per_block = scales.reshape(scales.shape[0], fmt.scales_per_row(hidden))
+    return per_block.repeat_interleave(fmt.cols_per_scale(hidden), dim=1)[:, :hidden]
+
+
+def quantize_rows(x: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference of :func:`moecomm.ops.quantize_rows`: padded blocks, amax, divide, clamp, round, cast."""
+    x, fmt = check_quantize_args(x, kind)
+    num_rows, hidden = x.shape
+    values = x.float()
+    finite_rows = torch.isfinite(values).all(dim=1)
+    if not bool(finite_rows.all()):
+        bad = int((~finite_rows).nonzero()[0, 0])
+        raise ValueError(f"x: row {bad} contains inf or NaN (quantized rows must be finite)")
+    cols, blocks = fmt.cols_per_scale(hidden), fmt.scales_per_row(hidden)
+    padded = torch.nn.functional.pad(values, (0, blocks * cols - hidden))
+    scales = padded.view(num_rows, blocks, cols).abs().amax(dim=2) / fmt.max_code
+    expanded = _expand_scales(scales, fmt, hidden)
+    scaled = torch.where(expanded > 0, (values / expanded).clamp(-fmt.max_code, fmt.max_code), 0.0)
+    q = torch.round(scaled).to(torch.int8) if fmt.kind == "int8" else scaled.to(torch.float8_e4m3fn)
+    return q, scales.reshape(fmt.scales_shape(num_rows, hidden))
+
+
+def dequantize_rows(q: torch.Tensor, scales: torch.Tensor, kind: str, dtype: torch.dtype) -> torch.Tensor:
+    """Reference of :func:`moecomm.ops.dequantize_rows`: float32 product of codes and expanded scales."""
+    q, scales, fmt = check_dequantize_args(q, scales, kind, dtype)
+    bad = ~((scales >= 0) & torch.isfinite(scales))
+    if bool(bad.any()):
+        index = bad.nonzero()[0].tolist()
+        raise ValueError(f"scales: entry {index} is negative, inf or NaN (expected finite scales >= 0)")
+    return (q.float() * _expand_scales(scales, fmt, q.shape[1])).to(dtype)
