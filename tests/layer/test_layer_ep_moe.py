@@ -23,6 +23,7 @@ def random_expert_weights(seed: int, num_experts: int = NUM_EXPERTS) -> tuple[to
     "router_settings, config",
     [
         (dict(), None),
+        (dict(), dict(kernel_backend="torch")),
         (dict(renormalize=False, shared_intermediate_size=12, shared_expert_gate=True), dict(dispatcher="allgather")),
         (
             dict(scoring="sigmoid", n_group=4, topk_group=2, use_score_correction_bias=True, routed_scaling_factor=2.5,

@@ -70,15 +70,16 @@ def test_token_drop_ratio_changes_logits_and_reports_drops(architecture):
     assert all(layer.last_stats.dropped_pairs == 0 for layer in ep_layers(dropless))
 
 
-def ep2_worker(rank: int, world_size: int) -> dict:
-    """On each rank: every architecture patched over the world group vs unpatched, with its own tokens."""
+def ep2_worker(rank: int, world_size: int, base: dict) -> dict:
+    """On each rank: every architecture patched over the world group vs unpatched, with its own tokens; ``base``
+    holds the transport and kernel backend every config of the run uses."""
     group = dist.group.WORLD
     report: dict = {}
     for architecture in ARCHITECTURES:
         model = tiny_model(architecture)  # same seed on every rank: identical weights
         input_ids = tiny_input_ids(seed=10 + rank, batch=1 + rank, length=9 + 3 * rank)
         expected = logits_of(model, input_ids)
-        patched, replaced = patched_copy(model, group=group)
+        patched, replaced = patched_copy(model, group=group, config=base)
         shard = slice(rank * NUM_EXPERTS // world_size, (rank + 1) * NUM_EXPERTS // world_size)
         holds_own_shard = all(
             patched.get_submodule(name).w13.shape[0] == NUM_EXPERTS // world_size
@@ -86,7 +87,7 @@ def ep2_worker(rank: int, world_size: int) -> dict:
             and torch.equal(patched.get_submodule(name).w2, original.experts.down_proj[shard])
             for name, original in replaced.items()
         )
-        dropping, _ = patched_copy(model, group=group, config={"token_drop_ratio": DROP_RATIO})
+        dropping, _ = patched_copy(model, group=group, config={**base, "token_drop_ratio": DROP_RATIO})
         dropped_logits = logits_of(dropping, input_ids)
         report[architecture] = {
             "max_error": float((logits_of(patched, input_ids) - expected).abs().max()),
@@ -102,7 +103,7 @@ def ep2_worker(rank: int, world_size: int) -> dict:
     input_ids = tiny_input_ids(seed=20 + rank, batch=2, length=5 + rank)
     expected = logits_of(model, input_ids)
     for config in ({"dispatcher": "allgather"}, {"dispatcher": "alltoall", "max_tokens_per_rank": 16}):
-        patched, _ = patched_copy(model, group=group, config=config)
+        patched, _ = patched_copy(model, group=group, config={**base, **config})
         report[config["dispatcher"]] = float((logits_of(patched, input_ids) - expected).abs().max())
     try:
         EPMoE(16, 8, 3, 2, group=group)
@@ -112,8 +113,11 @@ def ep2_worker(rank: int, world_size: int) -> dict:
     return report
 
 
-def test_patched_models_match_unpatched_at_ep2():
-    reports = run_local(ep2_worker, 2, timeout_s=240)
+@pytest.mark.parametrize(
+    "base", [{"transport": "shm"}, {"transport": "torch", "kernel_backend": "torch"}], ids=["shm-native", "torch-torch"]
+)
+def test_patched_models_match_unpatched_at_ep2(base: dict):
+    reports = run_local(ep2_worker, 2, base, timeout_s=240)
     for rank, report in enumerate(reports):
         for architecture in ARCHITECTURES:
             result = report[architecture]
