@@ -44,9 +44,11 @@ def make_batch(case: dict[str, Any], world_size: int) -> list[dict[str, torch.Te
 
 def run_expert(expert_x: torch.Tensor, tokens_per_local_expert: torch.Tensor, first_expert: int) -> torch.Tensor:
     """Expert e (global id) multiplies its rows by e + 1."""
+    device = expert_x.device
     scale = torch.repeat_interleave(
-        torch.arange(first_expert + 1, first_expert + 1 + tokens_per_local_expert.numel(), dtype=torch.float32),
-        tokens_per_local_expert,
+        torch.arange(first_expert + 1, first_expert + 1 + tokens_per_local_expert.numel(), dtype=torch.float32,
+                     device=device),
+        tokens_per_local_expert.to(device),
     )
     return (expert_x.float() * scale.unsqueeze(1)).to(expert_x.dtype)
 
