@@ -108,4 +108,4 @@ def test_vllm_serve_bad_additional_config_exits_with_message(models):
     cmd = server_cmd(models["mixtral"], port, tp=2, additional_config={"moecomm": {"dispatcher": "alltoallx"}})
     code, log = run_bounded(cmd, timeout_s=300, env=dict(os.environ, VLLM_CPU_OMP_THREADS_BIND="0|1"))
     assert code != 0
-    assert 'key "moecomm": dispatcher: expected one of \'alltoallv\', \'alltoall\', \'allgather\', got \'alltoallx\'' in log
+    assert 'key "moecomm": dispatcher: expected one of \'alltoallv\', \'alltoallv-pairs\', \'alltoall\', \'allgather\', got \'alltoallx\'' in log
