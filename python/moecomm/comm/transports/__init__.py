@@ -44,7 +44,9 @@ def make_transport(name: str, group: dist.ProcessGroup | None, timeout_s: float,
     if group is not None and dist.get_world_size(group) > 1 and (chosen, reason) not in _announced:
         _announced.add((chosen, reason))
         logger.info("moecomm: %s transport (%s)", chosen, reason)
-    return load(TRANSPORTS, chosen)(group, timeout_s, owner)
+    transport = load(TRANSPORTS, chosen)(group, timeout_s, owner)
+    transport.chosen_because = reason
+    return transport
 
 
 __all__ = ["CommStepError", "Transport", "choose_transport", "make_transport"]

@@ -32,6 +32,7 @@ class Transport(ABC):
         world_size: R, ranks in the group.
         timeout_s: the longest any one step waits.
         owner: the name used in error messages (the dispatcher's name).
+        chosen_because: why :func:`moecomm.comm.transports.make_transport` chose this transport (for logs).
     """
 
     name = "transport"
@@ -41,6 +42,7 @@ class Transport(ABC):
         self.world_size = world_size
         self.timeout_s = float(timeout_s)
         self.owner = owner
+        self.chosen_because = "built directly"
         self._broken: str | None = None
 
     # ---- what every transport shares ----

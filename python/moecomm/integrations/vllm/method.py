@@ -165,7 +165,8 @@ class MoeCommFusedMoEMethod(UnquantizedFusedMoEMethod):
             "active",
             f"moecomm: MoE expert parallel through moecomm on EP rank {ep_rank}/{ep_size} "
             f"(TP {self._tp_rank}/{self._tp_size}, DP {parallel.dp_rank}/{parallel.dp_size}, "
-            f"{num_local} local experts of {num_experts}); config {self.moecomm_config.to_dict()}",
+            f"{num_local} local experts of {num_experts}); {self._dispatcher.transport.name} transport "
+            f"({self._dispatcher.transport.chosen_because}); config {self.moecomm_config.to_dict()}",
         )
 
     @staticmethod
