@@ -112,3 +112,27 @@ def broken_after_timeout(rank: int, world_size: int, case: dict[str, Any], timeo
     start = time.monotonic()
     again = _expect_error(lambda: dispatcher.dispatch(*args))
     return {"first": first, "again": again, "seconds": seconds, "again_seconds": time.monotonic() - start}
+
+
+def transport_choice(rank: int, world_size: int, transport: str, fake_other_host: bool) -> dict[str, str]:
+    """Which transport ``transport`` ends up as (and why); ``fake_other_host``: the last rank claims another host."""
+    import logging
+
+    from moecomm.comm.transports import shm
+
+    if fake_other_host and rank == world_size - 1:
+        shm.host_identity = lambda: b"another host".ljust(32, b"\0")
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("moecomm").addHandler(handler)
+    logging.getLogger("moecomm").setLevel(logging.INFO)
+    config = MoECommConfig(transport=transport)
+    dispatcher = make_dispatcher(config, 4, _group(world_size))
+    x = torch.randn(6, 8)
+    ids = torch.randint(0, 4, (6, 2))
+    expert_x, handle = dispatcher.dispatch(x, ids, torch.rand(6, 2))
+    y = dispatcher.combine(expert_x, handle)
+    dispatcher.close()
+    return {"name": dispatcher.transport.name, "why": dispatcher.transport.chosen_because, "log": records,
+            "y_shape": list(y.shape)}
