@@ -370,7 +370,6 @@ Group::OwnRegion& Group::grow_region(const std::string& label, uint64_t nbytes) 
   RegionEntry& entry = h->regions[region.index];
   const std::string name = random_segment_name();
   store_words(entry.pending, kSegmentNameWords, name);  // a peer that sees us die unlinks it
-  std::atomic_thread_fence(std::memory_order_release);
   Created created = create_segment(name, kRegionDataOffset + grown, /*keep_fd=*/true);
   unlink_segment(name);  // peers map it through /proc/<pid>/fd: no name needs to outlive this call
   store_words(entry.pending, kSegmentNameWords, "");
