@@ -56,4 +56,21 @@ inline uint16_t float_to_fp16(float f) {
   return static_cast<uint16_t>(sign | (((rounded >> 13) - (112u << 10)) & 0x7fffu));
 }
 
+// Element codecs for kernels templated on the storage type: load into float32, store back rounded.
+struct Float32Codec {
+  using Storage = float;
+  static float load(float v) { return v; }
+  static float store(float v) { return v; }
+};
+struct BFloat16Codec {
+  using Storage = uint16_t;
+  static float load(uint16_t v) { return bf16_to_float(v); }
+  static uint16_t store(float v) { return float_to_bf16(v); }
+};
+struct Float16Codec {
+  using Storage = uint16_t;
+  static float load(uint16_t v) { return fp16_to_float(v); }
+  static uint16_t store(float v) { return float_to_fp16(v); }
+};
+
 }  // namespace moecomm::cpu

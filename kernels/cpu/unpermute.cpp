@@ -10,22 +10,6 @@ namespace moecomm::cpu {
 
 namespace {
 
-struct Float32 {
-  using Storage = float;
-  static float load(float v) { return v; }
-  static float store(float v) { return v; }
-};
-struct BFloat16 {
-  using Storage = uint16_t;
-  static float load(uint16_t v) { return bf16_to_float(v); }
-  static uint16_t store(float v) { return float_to_bf16(v); }
-};
-struct Float16 {
-  using Storage = uint16_t;
-  static float load(uint16_t v) { return fp16_to_float(v); }
-  static uint16_t store(float v) { return float_to_fp16(v); }
-};
-
 template <typename Type>
 void unpermute_typed(const typename Type::Storage* y, int64_t hidden, int64_t y_stride_row,
                      int64_t y_stride_hidden, const int64_t* row_of_pair, const float* weights,
@@ -66,17 +50,17 @@ int64_t unpermute(const void* y, ScalarType type, int64_t num_rows, int64_t hidd
   }
   switch (type) {
     case ScalarType::kFloat32:
-      unpermute_typed<Float32>(static_cast<const float*>(y), hidden, y_stride_row, y_stride_hidden,
+      unpermute_typed<Float32Codec>(static_cast<const float*>(y), hidden, y_stride_row, y_stride_hidden,
                                row_of_pair, weights, num_tokens, top_k, static_cast<float*>(out),
                                num_threads);
       return kOk;
     case ScalarType::kBFloat16:
-      unpermute_typed<BFloat16>(static_cast<const uint16_t*>(y), hidden, y_stride_row,
+      unpermute_typed<BFloat16Codec>(static_cast<const uint16_t*>(y), hidden, y_stride_row,
                                 y_stride_hidden, row_of_pair, weights, num_tokens, top_k,
                                 static_cast<uint16_t*>(out), num_threads);
       return kOk;
     case ScalarType::kFloat16:
-      unpermute_typed<Float16>(static_cast<const uint16_t*>(y), hidden, y_stride_row,
+      unpermute_typed<Float16Codec>(static_cast<const uint16_t*>(y), hidden, y_stride_row,
                                y_stride_hidden, row_of_pair, weights, num_tokens, top_k,
                                static_cast<uint16_t*>(out), num_threads);
       return kOk;
