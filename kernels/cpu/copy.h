@@ -14,6 +14,7 @@ namespace moecomm::cpu {
 
 // Copies one row of `hidden` elements; dst is contiguous, src has element stride src_stride.
 inline void copy_row(char* dst, const char* src, int64_t hidden, int64_t src_stride, size_t elem_size) {
+  if (hidden <= 0) return;  // empty buffers may be null: memcpy(nullptr, nullptr, 0) is undefined
   if (src_stride == 1) {
     std::memcpy(dst, src, static_cast<size_t>(hidden) * elem_size);
     return;

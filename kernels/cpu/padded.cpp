@@ -39,8 +39,8 @@ int64_t pack_padded(const void* rows, int64_t num_rows, int64_t hidden, int64_t 
       char* bucket = dst + b * bucket_bytes;
       copy_rows(bucket, src + first_row[b] * stride_row * es, counts[b], hidden, stride_row,
                 stride_hidden, elem_size);
-      std::memset(bucket + counts[b] * hidden * es, 0,
-                  static_cast<size_t>((capacity - counts[b]) * hidden * es));
+      const size_t padding = static_cast<size_t>((capacity - counts[b]) * hidden * es);
+      if (padding > 0) std::memset(bucket + counts[b] * hidden * es, 0, padding);  // never memset(nullptr, 0)
     }
   });
   return kOk;

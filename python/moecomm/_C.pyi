@@ -80,3 +80,56 @@ def quantize_rows(x: TensorArg, q: TensorArg, scales: TensorArg, num_threads: in
 def dequantize_rows(q: TensorArg, scales: TensorArg, out: TensorArg, num_threads: int) -> None:
     """q [N,H] int8 or float8_e4m3fn contiguous; scales as quantize_rows wrote them; out [N,H]
     float32/float16/bfloat16 contiguous. Raises naming scales for one that is negative, inf or NaN."""
+
+# ---- shared-memory transport (kernels/cpu/shm/, C ABI kernels/include/moecomm/shm.h) ----
+
+class ShmError(RuntimeError):
+    """A shared-memory setup or collective step failed: a peer late, dead, closed or disagreeing, a
+    refused segment, or an OS error. The message names the rank and the collective."""
+
+def shm_random_name() -> str:
+    """``/moecomm-`` + 32 hex digits (128 bits from getrandom)."""
+
+def shm_random_nonce() -> int:
+    """64 random bits (the group nonce)."""
+
+class ShmRegionBuffer:
+    """Buffer-protocol view (uint8, 1-D) of one mapped region; the memory stays mapped while it lives."""
+
+    @property
+    def nbytes(self) -> int: ...
+
+class ShmGroup:
+    """One rank's side of a shared-memory group. The constructor is the setup (creates this rank's
+    segment names[rank] with mode 0600, maps every peer's, waits until all have, unlinks its own name);
+    bounded by timeout_s. Every method releases the GIL; collectives raise ShmError on failure and
+    ValueError on bad arguments."""
+
+    def __init__(self, rank: int, world_size: int, nonce: int, names: list[str], timeout_s: float) -> None: ...
+    @property
+    def rank(self) -> int: ...
+    @property
+    def world_size(self) -> int: ...
+    def close(self) -> None: ...
+    def own_segment_mode(self) -> tuple[int, int]:
+        """(st_mode & 0o7777, st_uid) of this rank's header segment as created."""
+    def barrier(self, timeout_s: float) -> None: ...
+    def all_gather(self, tensor: TensorArg, out: TensorArg, num_threads: int, timeout_s: float) -> None:
+        """tensor [N, *S] contiguous (any dtype); out [R * N, *S] (that many elements) contiguous, same dtype."""
+    def all_to_all(
+        self,
+        tensor: TensorArg,
+        input_splits: list[int],
+        out: TensorArg,
+        output_splits: list[int],
+        num_threads: int,
+        timeout_s: float,
+    ) -> None:
+        """tensor [N, *S]; input_splits [R] rows per destination (sum N); out [M, *S] same dtype;
+        output_splits [R] rows per source (sum M); both contiguous."""
+    def reduce_scatter(self, tensor: TensorArg, out: TensorArg, num_threads: int, timeout_s: float) -> None:
+        """tensor [R * M, *S] float32/float16/bfloat16/int32/int64; out [M, *S] same dtype; float32
+        (integers: int64) accumulation in rank order."""
+    def ensure_region(self, region: str, nbytes: int) -> None: ...
+    def sync(self, timeout_s: float) -> None: ...
+    def region(self, rank: int, region: str) -> ShmRegionBuffer: ...

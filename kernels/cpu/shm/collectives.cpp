@@ -24,48 +24,35 @@ void parallel_copy(char* dst, const char* src, uint64_t nbytes, int num_threads)
   });
 }
 
-// How each dtype is loaded into its accumulator type and stored back.
-struct Float32Ops {
-  using Acc = float;
-  static float load(float v) { return v; }
-  static float store(float v) { return v; }
-};
-struct Float16Ops {
-  using Acc = float;
-  static float load(uint16_t v) { return cpu::fp16_to_float(v); }
-  static uint16_t store(float v) { return cpu::float_to_fp16(v); }
-};
-struct BFloat16Ops {
-  using Acc = float;
-  static float load(uint16_t v) { return cpu::bf16_to_float(v); }
-  static uint16_t store(float v) { return cpu::float_to_bf16(v); }
-};
 // Integers add modulo 2^64 (unsigned: no undefined overflow), then wrap to the dtype like torch does.
-struct Int32Ops {
-  using Acc = uint64_t;
+struct Int32Sum {
+  using Storage = int32_t;
   static uint64_t load(int32_t v) { return static_cast<uint64_t>(static_cast<int64_t>(v)); }
   static int32_t store(uint64_t v) { return static_cast<int32_t>(static_cast<uint32_t>(v)); }
 };
-struct Int64Ops {
-  using Acc = uint64_t;
+struct Int64Sum {
+  using Storage = int64_t;
   static uint64_t load(int64_t v) { return static_cast<uint64_t>(v); }
   static int64_t store(uint64_t v) { return static_cast<int64_t>(v); }
 };
 
-// dst[i] = sum over ranks (in rank order) of blocks[r][i], accumulated in Ops::Acc.
-template <typename T, typename Ops>
+// dst[i] = sum over ranks (in rank order) of blocks[r][i], accumulated in the type Codec::load returns
+// (float32 for the float codecs of convert.h, uint64 modulo 2^64 for integers).
+template <typename Codec>
 void reduce_blocks(const std::vector<const char*>& blocks, int64_t elems, char* dst, int num_threads) {
+  using T = typename Codec::Storage;
+  using Acc = decltype(Codec::load(T{}));
   cpu::parallel_for(elems, num_threads, 16 * kReduceChunk, [&](int64_t begin, int64_t end, int64_t) {
-    typename Ops::Acc acc[kReduceChunk];
+    Acc acc[kReduceChunk];
     for (int64_t start = begin; start < end; start += kReduceChunk) {
       const int64_t n = std::min(kReduceChunk, end - start);
-      std::fill(acc, acc + n, typename Ops::Acc{});
+      std::fill(acc, acc + n, Acc{});
       for (const char* block : blocks) {
         const T* src = reinterpret_cast<const T*>(block) + start;
-        for (int64_t i = 0; i < n; ++i) acc[i] += Ops::load(src[i]);
+        for (int64_t i = 0; i < n; ++i) acc[i] += Codec::load(src[i]);
       }
       T* out = reinterpret_cast<T*>(dst) + start;
-      for (int64_t i = 0; i < n; ++i) out[i] = Ops::store(acc[i]);
+      for (int64_t i = 0; i < n; ++i) out[i] = Codec::store(acc[i]);
     }
   });
 }
@@ -187,11 +174,11 @@ void Group::reduce_scatter(const void* src, int64_t block_elems, cpu::ScalarType
   if (block_elems > 0) {
     char* out = static_cast<char*>(dst);
     switch (type) {
-      case cpu::ScalarType::kFloat32: reduce_blocks<float, Float32Ops>(blocks, block_elems, out, num_threads); break;
-      case cpu::ScalarType::kFloat16: reduce_blocks<uint16_t, Float16Ops>(blocks, block_elems, out, num_threads); break;
-      case cpu::ScalarType::kBFloat16: reduce_blocks<uint16_t, BFloat16Ops>(blocks, block_elems, out, num_threads); break;
-      case cpu::ScalarType::kInt32: reduce_blocks<int32_t, Int32Ops>(blocks, block_elems, out, num_threads); break;
-      case cpu::ScalarType::kInt64: reduce_blocks<int64_t, Int64Ops>(blocks, block_elems, out, num_threads); break;
+      case cpu::ScalarType::kFloat32: reduce_blocks<cpu::Float32>(blocks, block_elems, out, num_threads); break;
+      case cpu::ScalarType::kFloat16: reduce_blocks<cpu::Float16>(blocks, block_elems, out, num_threads); break;
+      case cpu::ScalarType::kBFloat16: reduce_blocks<cpu::BFloat16>(blocks, block_elems, out, num_threads); break;
+      case cpu::ScalarType::kInt32: reduce_blocks<Int32Sum>(blocks, block_elems, out, num_threads); break;
+      case cpu::ScalarType::kInt64: reduce_blocks<Int64Sum>(blocks, block_elems, out, num_threads); break;
       case cpu::ScalarType::kBool: break;
     }
   }

@@ -52,7 +52,7 @@ bool valid_label(const std::string& label) {
 }  // namespace
 
 Group::Group(int rank, int world_size, uint64_t nonce, const std::vector<std::string>& names, double timeout_s)
-    : rank_(rank), world_(world_size), nonce_(nonce) {
+    : rank_(rank), world_(world_size), nonce_(nonce), timeout_s_(timeout_s) {
   if (world_size < 1 || world_size > kMaxWorld) {
     fail(MOECOMM_SHM_EINVAL, "world_size: expected 1.." + std::to_string(kMaxWorld) + ", got " +
                                  std::to_string(world_size));
@@ -141,13 +141,41 @@ void Group::setup(const std::vector<std::string>& names, const Deadline& deadlin
 }
 
 Group::~Group() {
-  for (const OwnRegion& region : own_regions_) unlink_segment(region.segment);
+  if (!headers_.empty() && headers_[static_cast<size_t>(rank_)]) {
+    // First say so (peers waiting for this rank stop, peers closing too stop waiting for it), then give
+    // peers still in their last collective the chance to map this rank's newest regions.
+    give_up(kGaveUpClosed);
+    if (broken_.empty()) settle_pending_regions();
+  }
+  for (const OwnRegion& region : own_regions_) {
+    if (region.fd >= 0) close(region.fd);
+  }
   if (!headers_.empty() && headers_[static_cast<size_t>(rank_)]) {
     for (int p = 0; p < world_; ++p) {
       if (p != rank_ && headers_[static_cast<size_t>(p)] && !peers_[static_cast<size_t>(p)].alive()) {
         forget_dead_peer(p);
       }
     }
+  }
+}
+
+void Group::settle_pending_regions() const {
+  const Deadline deadline(timeout_s_);
+  for (int attempt = 0;; ++attempt) {
+    bool pending = false;
+    for (const OwnRegion& region : own_regions_) {
+      const uint64_t published = own()->regions[region.index].published.load(std::memory_order_acquire);
+      pending = pending || static_cast<int>(published & 0xffffffffu) < world_ - 1;
+    }
+    if (!pending || deadline.passed()) return;
+    bool anyone_left = false;
+    for (int p = 0; p < world_; ++p) {
+      if (p == rank_) continue;
+      anyone_left = anyone_left || (header(p)->gave_up.load(std::memory_order_acquire) == kGaveUpNone &&
+                                    peers_[static_cast<size_t>(p)].alive());
+    }
+    if (!anyone_left) return;
+    poll_pause(attempt);
   }
 }
 
@@ -159,26 +187,40 @@ void Group::check_usable() const {
 
 void Group::break_with(int code, const std::string& message) {
   if (broken_.empty()) broken_ = message;
+  give_up(kGaveUpFailed);
   fail(code, message);
+}
+
+void Group::give_up(uint32_t how) {
+  Header* h = own();
+  if (h->gave_up.load(std::memory_order_relaxed) != kGaveUpNone) return;
+  h->gave_up.store(how, std::memory_order_release);
+  wake_all(h->attached);
+  wake_all(h->arrive);
+  wake_all(h->done);
 }
 
 void Group::forget_dead_peer(int peer) {
   unlink_segment(header_names_[static_cast<size_t>(peer)]);
   const Header* h = header(peer);
   // Every slot, counted or not: a peer killed mid-growth may have a pending segment in a new slot.
-  for (int i = 0; i < kMaxRegions; ++i) {
-    unlink_segment(load_words(h->regions[i].segment, kSegmentNameWords));
-    unlink_segment(load_words(h->regions[i].pending, kSegmentNameWords));
-  }
+  for (int i = 0; i < kMaxRegions; ++i) unlink_segment(load_words(h->regions[i].pending, kSegmentNameWords));
 }
 
 void Group::wait_peers(std::atomic<uint32_t> Header::*counter, uint32_t target, const Deadline& deadline,
                        const std::string& what) {
   for (int step = 1; step < world_; ++step) {
     const int p = (rank_ + step) % world_;
-    const WaitResult result = wait_for_epoch(header(p)->*counter, target, deadline, peers_[static_cast<size_t>(p)]);
+    const Header* peer = header(p);
+    const WaitResult result = wait_for_epoch(peer->*counter, target, deadline, peers_[static_cast<size_t>(p)],
+                                             peer->gave_up);
     if (result == WaitResult::kReached) continue;
-    const std::string who = "rank " + std::to_string(p) + " (pid " + std::to_string(header(p)->pid) + ")";
+    const std::string who = "rank " + std::to_string(p) + " (pid " + std::to_string(peer->pid) + ")";
+    if (result == WaitResult::kPeerGaveUp) {
+      const bool failed = peer->gave_up.load(std::memory_order_acquire) == kGaveUpFailed;
+      break_with(MOECOMM_SHM_EREFUSED, who + (failed ? " failed a step" : " closed its group") +
+                                           " and will not arrive at " + what);
+    }
     if (result == WaitResult::kPeerDied) {
       forget_dead_peer(p);
       break_with(MOECOMM_SHM_EPEERDEAD, who + " exited without arriving at " + what);
@@ -212,6 +254,11 @@ void Group::arrive_and_wait(uint32_t op, OpKind kind, const Deadline& deadline) 
   wait_peers(&Header::arrive, op, deadline, op_name(op, kind));
   for (int p = 0; p < world_; ++p) {
     const Header* h = header(p);
+    if (h->gave_up.load(std::memory_order_acquire) == kGaveUpFailed) {
+      // It arrived, then gave up waiting for somebody else: this collective did not complete for it.
+      break_with(MOECOMM_SHM_EREFUSED, "rank " + std::to_string(p) + " failed " + op_name(op, kind) +
+                                           " (a peer was late or dead for it); not using its data");
+    }
     const uint64_t peer_op = h->op_seq.load(std::memory_order_relaxed);
     const uint64_t peer_kind = h->op_kind.load(std::memory_order_relaxed);
     if (peer_op != op || peer_kind != static_cast<uint64_t>(kind)) {
@@ -250,36 +297,40 @@ void Group::refresh_peer_regions(const Deadline& deadline) {
 
 void Group::map_peer_region(int peer, int index, const Deadline& deadline) {
   RegionEntry& entry = header(peer)->regions[index];
+  const int pid = header(peer)->pid;
   const std::string who = "rank " + std::to_string(peer) + "'s region #" + std::to_string(index);
   for (int attempt = 0;; ++attempt) {
     uint64_t published = entry.published.load(std::memory_order_acquire);
     const uint32_t generation = static_cast<uint32_t>(published >> 32);
     const std::string label = load_words(entry.label, kLabelWords);
-    const std::string name = load_words(entry.segment, kSegmentNameWords);
-    std::shared_ptr<Mapping> mapping = is_segment_name(name) ? open_segment(name, kRegionDataOffset) : nullptr;
-    bool ours = false;
+    const int64_t fd = entry.fd.load(std::memory_order_relaxed);
+    std::shared_ptr<Mapping> mapping =
+        fd >= 0 && fd < (int64_t{1} << 30) ? open_process_fd(pid, static_cast<int>(fd), kRegionDataOffset) : nullptr;
+    bool current = false;
     uint64_t data_bytes = 0;
     if (mapping) {
       const RegionHeader* rh = reinterpret_cast<const RegionHeader*>(mapping->base());
       data_bytes = rh->data_bytes;
-      if (rh->magic.load(std::memory_order_acquire) != kRegionMagic || rh->nonce != nonce_ || rh->owner != peer ||
-          rh->index != index || data_bytes > mapping->length() - kRegionDataOffset) {
-        break_with(MOECOMM_SHM_EREFUSED, who + " segment " + name + " failed verification: refused");
+      const bool verified = rh->magic.load(std::memory_order_acquire) == kRegionMagic && rh->nonce == nonce_ &&
+                            rh->owner == peer && rh->index == index &&
+                            data_bytes <= mapping->length() - kRegionDataOffset;
+      const bool moved_on = static_cast<uint32_t>(entry.published.load(std::memory_order_acquire) >> 32) != generation;
+      if (!verified && !moved_on) {
+        break_with(MOECOMM_SHM_EREFUSED, who + " (descriptor " + std::to_string(fd) + ") failed verification: refused");
       }
-      ours = rh->generation == generation;
+      current = verified && rh->generation == generation;
     }
-    if (ours) {
-      // Count this mapping; whoever completes the count unlinks the name (nobody else needs it).
+    if (current) {
+      // Count this mapping (the owner waits for the count at close, so slow peers can still map).
       while (static_cast<uint32_t>(published >> 32) == generation) {
         if (entry.published.compare_exchange_weak(published, published + 1, std::memory_order_acq_rel)) {
-          if (static_cast<int>((published + 1) & 0xffffffffu) >= world_ - 1) unlink_segment(name);
           PeerRegion& slot = peer_regions_[static_cast<size_t>(peer)][static_cast<size_t>(index)];
           slot = PeerRegion{label, generation, std::move(mapping), data_bytes};
           return;
         }
       }
     }
-    // Superseded while we looked, not created yet, or gone: retry within the deadline.
+    // Superseded while we looked, or not mappable: retry within the deadline.
     if (!peers_[static_cast<size_t>(peer)].alive()) {
       forget_dead_peer(peer);
       break_with(MOECOMM_SHM_EPEERDEAD, "rank " + std::to_string(peer) + " exited while its region '" + label +
@@ -319,8 +370,9 @@ Group::OwnRegion& Group::grow_region(const std::string& label, uint64_t nbytes) 
   RegionEntry& entry = h->regions[region.index];
   const std::string name = random_segment_name();
   store_words(entry.pending, kSegmentNameWords, name);  // a peer that sees us die unlinks it
-  std::atomic_thread_fence(std::memory_order_release);
-  Created created = create_segment(name, kRegionDataOffset + grown);
+  Created created = create_segment(name, kRegionDataOffset + grown, /*keep_fd=*/true);
+  unlink_segment(name);  // peers map it through /proc/<pid>/fd: no name needs to outlive this call
+  store_words(entry.pending, kSegmentNameWords, "");
   const uint32_t generation = region.generation + 1;
   RegionHeader* rh = reinterpret_cast<RegionHeader*>(created.mapping->base());
   rh->nonce = nonce_;
@@ -332,18 +384,16 @@ Group::OwnRegion& Group::grow_region(const std::string& label, uint64_t nbytes) 
   if (region.mapping && region.data_bytes > 0) {
     std::memcpy(created.mapping->base() + kRegionDataOffset, region.data(), region.data_bytes);
   }
-  store_words(entry.segment, kSegmentNameWords, name);
+  entry.fd.store(created.fd, std::memory_order_relaxed);
   entry.data_bytes.store(grown, std::memory_order_relaxed);
   entry.published.store(static_cast<uint64_t>(generation) << 32, std::memory_order_release);
   if (h->region_count.load(std::memory_order_relaxed) <= static_cast<uint32_t>(region.index)) {
     h->region_count.store(static_cast<uint32_t>(region.index) + 1, std::memory_order_release);
   }
   // The previous generation is superseded: peers that did not map it yet will map the new one.
-  unlink_segment(region.segment);
-  if (world_ == 1) unlink_segment(name);
-  store_words(entry.pending, kSegmentNameWords, "");
+  if (region.fd >= 0) close(region.fd);
   region.generation = generation;
-  region.segment = name;
+  region.fd = created.fd;
   region.mapping = std::move(created.mapping);
   region.data_bytes = grown;
   return region;

@@ -56,7 +56,7 @@ class Group {
     std::string label;
     int index = 0;
     uint32_t generation = 0;
-    std::string segment;
+    int fd = -1;  // kept open so peers can map it through /proc/<pid>/fd
     std::shared_ptr<Mapping> mapping;
     uint64_t data_bytes = 0;
     char* data() const { return mapping ? mapping->base() + kRegionDataOffset : nullptr; }
@@ -86,6 +86,12 @@ class Group {
   void refresh_peer_regions(const Deadline& deadline);
   void map_peer_region(int peer, int index, const Deadline& deadline);
   void forget_dead_peer(int peer);
+  // Marks this rank as gone (closed or failed) and wakes every peer sleeping on its counters.
+  void give_up(uint32_t how);
+  // At close: waits (bounded by the open timeout) until every peer still in the group (alive, not closed,
+  // not failed) has mapped the latest generation of each of this rank's regions, so a slower peer
+  // finishing its last collective can still map it; the names are unlinked afterwards either way.
+  void settle_pending_regions() const;
 
   OwnRegion& grow_region(const std::string& label, uint64_t nbytes);
   // Rank `peer`'s collective window, checked to hold at least `need` bytes.
@@ -94,6 +100,7 @@ class Group {
   int rank_;
   int world_;
   uint64_t nonce_;
+  double timeout_s_;
   unsigned own_mode_ = 0;
   unsigned own_uid_ = 0;
   std::vector<std::string> header_names_;

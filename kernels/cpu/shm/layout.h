@@ -2,7 +2,10 @@
 //
 // Every rank owns one *header segment* (fixed size: identity, epoch counters, the metadata of the
 // collective it is in, a table of named regions) and one *region segment* per named data region and
-// generation. A rank only ever writes into its own header; peers write nothing but the "mapped" count
+// generation. Header segments are named (the names are exchanged at setup) and unlinked once every peer
+// has mapped them. Region segments are unlinked right after creation: the owner keeps the descriptor
+// open and peers map it through /proc/<owner pid>/fd/<fd>, so a region never has a name in /dev/shm
+// for longer than its creation takes (and a peer unlinks that pending name if the owner dies then). A rank only ever writes into its own header; peers write nothing but the "mapped" count
 // of a region generation (see RegionEntry::published). Fields read by other processes while their
 // owner may write them are atomics: release on write, acquire on read.
 #pragma once
@@ -30,10 +33,14 @@ struct RegionEntry {
   std::atomic<uint64_t> label[kLabelWords];            // written once, before region_count covers it
   std::atomic<uint64_t> published;                     // generation << 32 | peers that mapped it
   std::atomic<uint64_t> data_bytes;                    // usable bytes of the current generation
-  std::atomic<uint64_t> segment[kSegmentNameWords];    // name of the current generation's segment
+  std::atomic<int64_t> fd;                             // owner's descriptor of the current generation
   std::atomic<uint64_t> pending[kSegmentNameWords];    // name being created (so a peer can unlink it
                                                        // if the owner dies mid-growth)
 };
+
+constexpr uint32_t kGaveUpNone = 0;
+constexpr uint32_t kGaveUpClosed = 1;
+constexpr uint32_t kGaveUpFailed = 2;
 
 struct alignas(64) Header {
   std::atomic<uint64_t> magic;  // stored last at creation (release): a zero magic means "not ready"
@@ -50,6 +57,9 @@ struct alignas(64) Header {
   alignas(64) std::atomic<uint32_t> arrive;
   alignas(64) std::atomic<uint32_t> done;
   alignas(64) std::atomic<uint32_t> region_count;
+  // kGaveUpNone, kGaveUpClosed (closed its group) or kGaveUpFailed (a step failed on it): peers waiting
+  // for it stop at once instead of running into their timeout.
+  std::atomic<uint32_t> gave_up;
   RegionEntry regions[kMaxRegions];
   // The collective this rank is in (valid once arrive == op_seq): kind, bytes written into its
   // collective window, and kMaxWorld + 1 byte offsets (all-to-all: the part for rank d is

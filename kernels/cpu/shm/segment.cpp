@@ -73,7 +73,7 @@ bool is_segment_name(const std::string& name) {
   return true;
 }
 
-Created create_segment(const std::string& name, size_t bytes) {
+Created create_segment(const std::string& name, size_t bytes, bool keep_fd) {
   const int fd = shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
   if (fd < 0) {
     if (errno == EEXIST) {
@@ -94,12 +94,40 @@ Created create_segment(const std::string& name, size_t bytes) {
     created.mapping = std::make_shared<Mapping>(base, bytes);
     created.mode = static_cast<unsigned>(st.st_mode & 07777);
     created.uid = static_cast<unsigned>(st.st_uid);
+    if (keep_fd) {
+      created.fd = fd;
+      closer.fd = -1;
+    }
     return created;
   } catch (...) {
     shm_unlink(name.c_str());
     throw;
   }
 }
+
+namespace {
+
+// Checks that `fd` is this user's private (0600) file of at least min_bytes and maps all of it. Returns
+// nullptr while it is smaller than min_bytes (its creator is still sizing it) or cannot be mapped.
+std::shared_ptr<Mapping> map_private_fd(int fd, const std::string& what, size_t min_bytes) {
+  struct stat st {};
+  if (fstat(fd, &st) != 0) fail_errno("fstat(" + what + ")");
+  if (st.st_uid != geteuid()) {
+    fail(MOECOMM_SHM_EREFUSED, "segment " + what + " is owned by uid " + std::to_string(st.st_uid) +
+                                   ", not by this process's uid " + std::to_string(geteuid()));
+  }
+  if ((st.st_mode & 0077) != 0) {
+    fail(MOECOMM_SHM_EREFUSED, "segment " + what + " is accessible by other users (mode " +
+                                   std::to_string(st.st_mode & 0777) + " decimal); expected 0600");
+  }
+  if (!S_ISREG(st.st_mode) || st.st_size < 0 || static_cast<size_t>(st.st_size) < min_bytes) return nullptr;
+  const size_t bytes = static_cast<size_t>(st.st_size);
+  void* base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (base == MAP_FAILED) return nullptr;
+  return std::make_shared<Mapping>(base, bytes);
+}
+
+}  // namespace
 
 std::shared_ptr<Mapping> open_segment(const std::string& name, size_t min_bytes) {
   const int fd = shm_open(name.c_str(), O_RDWR | O_CLOEXEC, 0);
@@ -108,21 +136,15 @@ std::shared_ptr<Mapping> open_segment(const std::string& name, size_t min_bytes)
     fail_errno("shm_open(" + name + ")");
   }
   FdCloser closer{fd};
-  struct stat st {};
-  if (fstat(fd, &st) != 0) fail_errno("fstat(" + name + ")");
-  if (st.st_uid != geteuid()) {
-    fail(MOECOMM_SHM_EREFUSED, "segment " + name + " is owned by uid " + std::to_string(st.st_uid) +
-                                   ", not by this process's uid " + std::to_string(geteuid()));
-  }
-  if ((st.st_mode & 0077) != 0) {
-    fail(MOECOMM_SHM_EREFUSED, "segment " + name + " is accessible by other users (mode " +
-                                   std::to_string(st.st_mode & 0777) + " decimal); expected 0600");
-  }
-  if (st.st_size < 0 || static_cast<size_t>(st.st_size) < min_bytes) return nullptr;
-  const size_t bytes = static_cast<size_t>(st.st_size);
-  void* base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (base == MAP_FAILED) fail_errno("mmap(" + name + ")");
-  return std::make_shared<Mapping>(base, bytes);
+  return map_private_fd(fd, name, min_bytes);
+}
+
+std::shared_ptr<Mapping> open_process_fd(int pid, int fd, size_t min_bytes) {
+  const std::string path = "/proc/" + std::to_string(pid) + "/fd/" + std::to_string(fd);
+  const int local = open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (local < 0) return nullptr;
+  FdCloser closer{local};
+  return map_private_fd(local, path, min_bytes);
 }
 
 void unlink_segment(const std::string& name) {

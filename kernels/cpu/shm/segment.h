@@ -34,18 +34,25 @@ bool is_segment_name(const std::string& name);
 
 struct Created {
   std::shared_ptr<Mapping> mapping;
+  int fd = -1;        // kept open only when asked (see create_segment)
   unsigned mode = 0;  // st_mode & 07777 of the new segment, as fstat saw it
   unsigned uid = 0;
 };
 
 // Creates `name` exclusively (O_CREAT|O_EXCL, mode 0600), sizes it to `bytes` and maps it. On any
-// failure the name is unlinked (when this call created it) and ShmError is thrown.
-Created create_segment(const std::string& name, size_t bytes);
+// failure the name is unlinked (when this call created it) and ShmError is thrown. With keep_fd the
+// descriptor stays open in Created::fd (the caller closes it).
+Created create_segment(const std::string& name, size_t bytes, bool keep_fd = false);
 
 // Maps an existing segment after checking it belongs to this user and is private (mode 0600).
 // Returns nullptr while the name does not exist yet or holds fewer than `min_bytes` (its creator is
 // still sizing it); throws ShmError when it exists but is not acceptable.
 std::shared_ptr<Mapping> open_segment(const std::string& name, size_t min_bytes);
+
+// Maps descriptor `fd` of process `pid` through /proc/<pid>/fd/<fd> (same checks as open_segment).
+// Returns nullptr when it cannot be opened or mapped (the process exited, or the descriptor now refers
+// to something else); throws ShmError when it is a file of another user or not private.
+std::shared_ptr<Mapping> open_process_fd(int pid, int fd, size_t min_bytes);
 
 // shm_unlink that ignores a name already gone.
 void unlink_segment(const std::string& name);

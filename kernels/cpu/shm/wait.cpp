@@ -87,7 +87,7 @@ bool PeerProcess::alive() const {
 }
 
 WaitResult wait_for_epoch(const std::atomic<uint32_t>& word, uint32_t target, const Deadline& deadline,
-                          const PeerProcess& peer) {
+                          const PeerProcess& peer, const std::atomic<uint32_t>& gave_up) {
   for (int i = 0; i < kSpinRounds; ++i) {
     if (reached(word.load(std::memory_order_acquire), target)) return WaitResult::kReached;
     cpu_relax();
@@ -97,6 +97,9 @@ WaitResult wait_for_epoch(const std::atomic<uint32_t>& word, uint32_t target, co
   while (true) {
     const uint32_t value = word.load(std::memory_order_acquire);
     if (reached(value, target)) return WaitResult::kReached;
+    if (gave_up.load(std::memory_order_acquire) != 0) {
+      return reached(word.load(std::memory_order_acquire), target) ? WaitResult::kReached : WaitResult::kPeerGaveUp;
+    }
     if (!peer.alive()) {
       // The peer may have arrived just before it exited: its store is what counts.
       return reached(word.load(std::memory_order_acquire), target) ? WaitResult::kReached : WaitResult::kPeerDied;
@@ -108,9 +111,13 @@ WaitResult wait_for_epoch(const std::atomic<uint32_t>& word, uint32_t target, co
   }
 }
 
+void wake_all(std::atomic<uint32_t>& word) {
+  syscall(SYS_futex, futex_word(word), FUTEX_WAKE, INT32_MAX, nullptr, nullptr, 0);
+}
+
 void publish_epoch(std::atomic<uint32_t>& word, uint32_t value) {
   word.store(value, std::memory_order_release);
-  syscall(SYS_futex, futex_word(word), FUTEX_WAKE, INT32_MAX, nullptr, nullptr, 0);
+  wake_all(word);
 }
 
 }  // namespace moecomm::shm

@@ -47,11 +47,15 @@ class PeerProcess {
 // Counters are 32-bit epochs that may wrap: `value` has reached `target` when (int32)(value - target) >= 0.
 inline bool reached(uint32_t value, uint32_t target) { return static_cast<int32_t>(value - target) >= 0; }
 
-enum class WaitResult { kReached, kTimedOut, kPeerDied };
+enum class WaitResult { kReached, kTimedOut, kPeerDied, kPeerGaveUp };
 
-// Waits until reached(word, target) (acquire), the deadline passes, or `peer` is seen dead.
+// Waits until reached(word, target) (acquire), the deadline passes, `peer` is seen dead, or the peer's
+// `gave_up` word turns non-zero (it closed its group or failed a step).
 WaitResult wait_for_epoch(const std::atomic<uint32_t>& word, uint32_t target, const Deadline& deadline,
-                          const PeerProcess& peer);
+                          const PeerProcess& peer, const std::atomic<uint32_t>& gave_up);
+
+// Wakes every process sleeping on `word` (after a store another process waits for).
+void wake_all(std::atomic<uint32_t>& word);
 
 // Stores `value` (release) and wakes every process sleeping on the word.
 void publish_epoch(std::atomic<uint32_t>& word, uint32_t value);
