@@ -88,6 +88,29 @@ void check_tensor(const TensorArg& t, int64_t expected_dim, std::initializer_lis
     if (t.shape[d] < 0 || t.strides[d] < 0) fail(t, "negative size or stride");
   }
   if (t.numel() > 0 && t.data == 0) fail(t, "null data pointer");
+  check_extent(t);
+}
+
+void check_extent(const TensorArg& t) {
+  if (t.nbytes < 0) fail(t, "negative byte size " + std::to_string(t.nbytes));
+  for (int64_t size : t.shape) {
+    if (size == 0) return;  // no element is addressed
+  }
+  // Offset of the last addressed element, and the end of its bytes, without int64 overflow.
+  int64_t last = 0, term = 0, end_bytes = 0;
+  for (size_t d = 0; d < t.shape.size(); ++d) {
+    if (__builtin_mul_overflow(t.shape[d] - 1, t.strides[d], &term) || __builtin_add_overflow(last, term, &last)) {
+      fail(t, "shape " + shape_string(t.shape) + " with strides " + shape_string(t.strides) +
+                  " addresses elements past 2**63");
+    }
+  }
+  const auto elem = static_cast<int64_t>(cpu::element_size(t.scalar_type()));
+  const bool overflow = __builtin_mul_overflow(last + 1, elem, &end_bytes);
+  if (overflow || end_bytes > t.nbytes) {
+    fail(t, "shape " + shape_string(t.shape) + " with strides " + shape_string(t.strides) + " reaches " +
+                (overflow ? std::string("more than 2**63") : std::to_string(end_bytes)) +
+                " bytes past the data pointer, but the storage holds " + std::to_string(t.nbytes));
+  }
 }
 
 void check_contiguous(const TensorArg& t) {
@@ -129,6 +152,22 @@ void run_on_ids(const TensorArg& topk_ids, int64_t num_experts, Fn&& fn) {
     fail(topk_ids, "expert id at " + pair_string(bad, topk_ids.size(1)) + " is outside [0, " +
                        std::to_string(num_experts) + ")");
   }
+}
+
+// Turns cpu::check_row_cover's code `bad` for row_of_pair [T, K] and N rows into an error naming the
+// argument (the Python ops name it "layout").
+void check_rows(const TensorArg& row_of_pair, int64_t bad, int64_t num_rows) {
+  if (bad == cpu::kOk) return;
+  const int64_t K = row_of_pair.size(1), num_pairs = row_of_pair.size(0) * K;
+  const std::string rows = "[0, " + std::to_string(num_rows) + ")";
+  if (bad == num_pairs) {
+    fail(row_of_pair, "row_of_pair covers fewer than the " + std::to_string(num_rows) +
+                          " rows its counts promise: every row in " + rows + " must be used exactly once");
+  }
+  const int64_t row = row_of_pair.ptr<const int64_t>()[bad];
+  const std::string at = "row_of_pair" + pair_string(bad, K) + " = " + std::to_string(row);
+  if (row < -1 || row >= num_rows) fail(row_of_pair, at + " is outside [-1, " + std::to_string(num_rows) + ")");
+  fail(row_of_pair, at + " repeats a row of an earlier pair: every row in " + rows + " must be used exactly once");
 }
 
 }  // namespace
@@ -193,9 +232,7 @@ void permute(const TensorArg& x, const TensorArg& row_of_pair, const TensorArg& 
   const int64_t bad = cpu::permute(x.ptr<const void>(), T, H, x.stride(0), x.stride(1),
                                    cpu::element_size(x.scalar_type()), row_of_pair.ptr<const int64_t>(),
                                    K, out.ptr<void>(), out.size(0), num_threads);
-  if (bad != cpu::kOk) {
-    fail(row_of_pair, "row at " + pair_string(bad, K) + " is outside [-1, " + std::to_string(out.size(0)) + ")");
-  }
+  check_rows(row_of_pair, bad, out.size(0));
 }
 
 void unpermute(const TensorArg& y, const TensorArg& row_of_pair, const TensorArg& topk_weights,
@@ -210,9 +247,7 @@ void unpermute(const TensorArg& y, const TensorArg& row_of_pair, const TensorArg
   const int64_t bad = cpu::unpermute(y.ptr<const void>(), y.scalar_type(), y.size(0), H, y.stride(0),
                                      y.stride(1), row_of_pair.ptr<const int64_t>(),
                                      topk_weights.ptr<const float>(), T, K, out.ptr<void>(), num_threads);
-  if (bad != cpu::kOk) {
-    fail(row_of_pair, "row at " + pair_string(bad, K) + " is outside [-1, " + std::to_string(y.size(0)) + ")");
-  }
+  check_rows(row_of_pair, bad, y.size(0));
 }
 
 void pack_padded(const TensorArg& rows, const TensorArg& counts, const TensorArg& out,

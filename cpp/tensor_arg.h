@@ -17,6 +17,7 @@ struct TensorArg {
   std::vector<int64_t> shape;
   std::vector<int64_t> strides;  // in elements
   int dtype = 0;                 // moecomm::cpu::ScalarType code
+  int64_t nbytes = 0;            // bytes the core may touch from `data` on (to the end of the storage)
 
   cpu::ScalarType scalar_type() const { return static_cast<cpu::ScalarType>(dtype); }
   int64_t dim() const { return static_cast<int64_t>(shape.size()); }
@@ -38,9 +39,11 @@ struct TensorArg {
 std::string dtype_name(int dtype);
 std::string shape_string(const std::vector<int64_t>& shape);
 
-// Checks rank, dtype in `allowed`, non-negative sizes/strides, matching metadata lengths and a
-// non-null pointer whenever the tensor holds elements.
+// Checks rank, dtype in `allowed`, non-negative sizes/strides, matching metadata lengths, a non-null
+// pointer whenever the tensor holds elements, and that every element its shape and strides address
+// lies in [data, data + nbytes) (the extent check every kernel's bounds rest on).
 void check_tensor(const TensorArg& t, int64_t expected_dim, std::initializer_list<int> allowed);
+void check_extent(const TensorArg& t);
 void check_contiguous(const TensorArg& t);
 void check_shape(const TensorArg& t, const std::vector<int64_t>& expected);
 
