@@ -26,7 +26,9 @@ def limit_address_space(extra_bytes):
 """
 
 NO_THREADS = PRELUDE + """
-torch.set_num_threads(2)
+import sys
+threads, extra_mib = int(sys.argv[1]), int(sys.argv[2])
+torch.set_num_threads(threads)
 gen = torch.Generator().manual_seed(0)
 ids = torch.randint(0, 8, (256, 2), generator=gen)
 x = torch.randn(256, 16, generator=gen)
@@ -36,7 +38,7 @@ rows_out = torch.empty(layout.num_rows, 16)
 tokens_out = torch.empty(256, 16)
 want_rows = reference.permute(x, layout)
 want_tokens = reference.unpermute(want_rows, layout, weights)
-limit_address_space(2 << 20)  # 2 MiB: no room for an 8 MiB thread stack
+limit_address_space(extra_mib << 20)  # 8 MiB per thread stack: room for none, or for one of three
 ops.permute(x, layout, out=rows_out)
 ops.unpermute(rows_out, layout, weights, out=tokens_out)
 assert torch.equal(rows_out, want_rows)
@@ -52,7 +54,7 @@ layout = ops.route_layout(ids, 1)
 y = torch.ones(16, hidden, dtype=torch.bfloat16)
 weights = torch.ones(16, 1)
 out = torch.empty(16, hidden, dtype=torch.bfloat16)
-limit_address_space(4 << 20)  # neither a thread stack nor the accumulator fits
+limit_address_space(12 << 20)  # one thread stack fits, a 16 MiB accumulator on no thread
 try:
     ops.unpermute(y, layout, weights, out=out)
 except MemoryError:
@@ -60,12 +62,13 @@ except MemoryError:
 """
 
 
-def run(script: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+def run(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300)
 
 
-def test_threads_that_cannot_start_leave_their_work_to_the_caller():
-    done = run(NO_THREADS)
+@pytest.mark.parametrize(("threads", "extra_mib"), [(2, 2), (4, 12)], ids=["no-thread-starts", "first-of-three-starts"])
+def test_threads_that_cannot_start_leave_their_work_to_the_caller(threads, extra_mib):
+    done = run(NO_THREADS, str(threads), str(extra_mib))
     assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stderr[-2000:])
 
 
