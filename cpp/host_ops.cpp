@@ -47,6 +47,7 @@ std::string dtype_name(int dtype) {
 // synchronously for advised regions (defrag=madvise, a common default) a fragmented host stalls on it:
 // in the dispatchers that made steps slower and noisier. So the advice is opt-in: MOECOMM_HUGE_PAGES=1.
 void advise_huge_pages(const TensorArg& out) {
+  const auto bytes = static_cast<uintptr_t>(check_extent(out));  // only bytes the tensor addresses
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   static const bool enabled = [] {
     const char* value = std::getenv("MOECOMM_HUGE_PAGES");
@@ -54,13 +55,12 @@ void advise_huge_pages(const TensorArg& out) {
   }();
   if (!enabled) return;
   constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  const uintptr_t bytes = static_cast<uintptr_t>(out.numel()) * cpu::element_size(out.scalar_type());
   if (bytes < 4 * kHuge) return;
   const uintptr_t begin = (out.data + kHuge - 1) & ~(kHuge - 1);
   const uintptr_t end = (out.data + bytes) & ~(kHuge - 1);
   if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
 #else
-  (void)out;
+  (void)bytes;
 #endif
 }
 
@@ -73,7 +73,6 @@ std::string shape_string(const std::vector<int64_t>& shape) {
 }
 
 void check_tensor(const TensorArg& t, int64_t expected_dim, std::initializer_list<int> allowed) {
-  if (t.shape.size() != t.strides.size()) fail(t, "shape and strides differ in length");
   if (t.dim() != expected_dim) {
     fail(t, "expected a " + std::to_string(expected_dim) + "-D tensor, got shape " + shape_string(t.shape));
   }
@@ -84,17 +83,17 @@ void check_tensor(const TensorArg& t, int64_t expected_dim, std::initializer_lis
     names += (names.empty() ? "" : ", ") + dtype_name(a);
   }
   if (!ok) fail(t, "expected dtype in {" + names + "}, got " + dtype_name(t.dtype));
+  if (check_extent(t) > 0 && t.data == 0) fail(t, "null data pointer");
+}
+
+int64_t check_extent(const TensorArg& t) {
+  if (t.shape.size() != t.strides.size()) fail(t, "shape and strides differ in length");
+  if (t.nbytes < 0) fail(t, "negative byte size " + std::to_string(t.nbytes));
   for (size_t d = 0; d < t.shape.size(); ++d) {
     if (t.shape[d] < 0 || t.strides[d] < 0) fail(t, "negative size or stride");
   }
-  if (t.numel() > 0 && t.data == 0) fail(t, "null data pointer");
-  check_extent(t);
-}
-
-void check_extent(const TensorArg& t) {
-  if (t.nbytes < 0) fail(t, "negative byte size " + std::to_string(t.nbytes));
   for (int64_t size : t.shape) {
-    if (size == 0) return;  // no element is addressed
+    if (size == 0) return 0;  // no element is addressed
   }
   // Offset of the last addressed element, and the end of its bytes, without int64 overflow.
   int64_t last = 0, term = 0, end_bytes = 0;
@@ -111,6 +110,7 @@ void check_extent(const TensorArg& t) {
                 (overflow ? std::string("more than 2**63") : std::to_string(end_bytes)) +
                 " bytes past the data pointer, but the storage holds " + std::to_string(t.nbytes));
   }
+  return end_bytes;
 }
 
 void check_contiguous(const TensorArg& t) {

@@ -43,7 +43,9 @@ std::string shape_string(const std::vector<int64_t>& shape);
 // pointer whenever the tensor holds elements, and that every element its shape and strides address
 // lies in [data, data + nbytes) (the extent check every kernel's bounds rest on).
 void check_tensor(const TensorArg& t, int64_t expected_dim, std::initializer_list<int> allowed);
-void check_extent(const TensorArg& t);
+// Checks that shape and strides address only bytes in [data, data + nbytes) (no int64 overflow on the
+// way) and returns the end of the last addressed element's bytes (0 for an empty tensor).
+int64_t check_extent(const TensorArg& t);
 void check_contiguous(const TensorArg& t);
 void check_shape(const TensorArg& t, const std::vector<int64_t>& expected);
 

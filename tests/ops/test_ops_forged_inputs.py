@@ -157,6 +157,8 @@ def test_every_entry_point_rechecks_extents():
         _C.regroup_blocks(tensor_arg("rows", rows), tensor_arg("block_rows", blocks), forged("out", short_out, [6, 4], [4, 1]), 1)
     with pytest.raises(ValueError, match="^rows: .*past 2\\*\\*63"):
         _C.regroup_blocks(forged("rows", rows, [6, 4], [2**62, 1]), tensor_arg("block_rows", blocks), tensor_arg("out", unpacked), 1)
+    with pytest.raises(ValueError, match="^out: .*storage holds"):
+        _C.advise_huge_pages(forged("out", short_out, [1 << 30], [1]))
     with pytest.raises(ValueError, match="^rows: negative byte size"):
         _C.regroup_blocks(forged("rows", rows, [6, 4], [4, 1], nbytes=-1), tensor_arg("block_rows", blocks),
                           tensor_arg("out", unpacked), 1)

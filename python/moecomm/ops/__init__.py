@@ -1,4 +1,8 @@
-"""moecomm.ops: the MoE data path's kernels on torch CPU tensors (native), and their references.
+"""moecomm.ops: the MoE data path's kernels, and their references.
+
+Every op takes tensors on any device and returns results there: CPU tensors run in the native core
+(``moecomm._C``), other devices run the device-generic pure-torch reference. The data-movement ops take
+``out=`` buffers (contiguous, exact shape/dtype/device, sharing no memory with an input).
 
 | op | in | out |
 |---|---|---|
@@ -10,7 +14,7 @@
 | regroup_blocks | rows [N,H], block_rows [A,B] | [N,H] blocks in (B, A) order |
 | capacity_for_ratio / capacity_from_factor | loads [B] / sizes | int cap |
 
-``moecomm.ops.reference`` holds a pure-torch version of each with the same signature.
+``moecomm.ops.reference`` holds a pure-torch version of each with the same signature (device-generic).
 """
 
 from moecomm.ops import reference

@@ -34,7 +34,7 @@ def new_tensor(sized_by: str, shape: tuple[int, ...], *, dtype: torch.dtype, dev
     numel = 1
     for size in shape:
         numel *= size
-    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    nbytes = numel * dtype.itemsize
     if nbytes > INT64_MAX:
         raise ValueError(f"{sized_by}: the output of shape {list(shape)} would need {nbytes} bytes (more than 2**63)")
     try:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from moecomm import _C
-from moecomm.ops._checks import ID_DTYPES, check_is_kept, check_tensor, check_topk_ids, check_topology
+from moecomm.ops._checks import ID_DTYPES, check_is_kept, check_tensor, check_topk_ids, check_topology, exact_sum
 from moecomm.ops._device import reference_ops, runs_natively
 from moecomm.ops._native import num_threads, tensor_arg
 from moecomm.ops._out import new_tensor
@@ -73,8 +73,9 @@ def check_layout(layout: object, device: torch.device) -> RouteLayout:
         raise ValueError(f"layout: tokens_per_expert has {counts.numel()} entries for {layout.num_experts} experts")
     if counts.numel() and int(counts.min()) < 0:
         raise ValueError(f"layout: tokens_per_expert holds a negative count {int(counts.min())}")
-    if layout.num_rows > ids.numel():
-        raise ValueError(f"layout: tokens_per_expert sums to {layout.num_rows} rows, more than the {ids.numel()} pairs")
+    total = exact_sum(counts, int(counts.max()) if counts.numel() else 0)
+    if total > ids.numel():
+        raise ValueError(f"layout: tokens_per_expert sums to {total} rows, more than the {ids.numel()} pairs")
     return layout
 
 
