@@ -42,6 +42,7 @@ std::string dtype_name(int dtype) {
 // synchronously for advised regions (defrag=madvise, a common default) a fragmented host stalls on it:
 // in the dispatchers that made steps slower and noisier. So the advice is opt-in: MOECOMM_HUGE_PAGES=1.
 void advise_huge_pages(const TensorArg& out) {
+  const auto bytes = static_cast<uintptr_t>(check_extent(out));  // only bytes the tensor addresses
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   static const bool enabled = [] {
     const char* value = std::getenv("MOECOMM_HUGE_PAGES");
@@ -49,13 +50,12 @@ void advise_huge_pages(const TensorArg& out) {
   }();
   if (!enabled) return;
   constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  const uintptr_t bytes = static_cast<uintptr_t>(out.numel()) * cpu::element_size(out.scalar_type());
   if (bytes < 4 * kHuge) return;
   const uintptr_t begin = (out.data + kHuge - 1) & ~(kHuge - 1);
   const uintptr_t end = (out.data + bytes) & ~(kHuge - 1);
   if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
 #else
-  (void)out;
+  (void)bytes;
 #endif
 }
 
@@ -68,7 +68,6 @@ std::string shape_string(const std::vector<int64_t>& shape) {
 }
 
 void check_tensor(const TensorArg& t, int64_t expected_dim, std::initializer_list<int> allowed) {
-  if (t.shape.size() != t.strides.size()) fail(t, "shape and strides differ in length");
   if (t.dim() != expected_dim) {
     fail(t, "expected a " + std::to_string(expected_dim) + "-D tensor, got shape " + shape_string(t.shape));
   }
@@ -79,10 +78,34 @@ void check_tensor(const TensorArg& t, int64_t expected_dim, std::initializer_lis
     names += (names.empty() ? "" : ", ") + dtype_name(a);
   }
   if (!ok) fail(t, "expected dtype in {" + names + "}, got " + dtype_name(t.dtype));
+  if (check_extent(t) > 0 && t.data == 0) fail(t, "null data pointer");
+}
+
+int64_t check_extent(const TensorArg& t) {
+  if (t.shape.size() != t.strides.size()) fail(t, "shape and strides differ in length");
+  if (t.nbytes < 0) fail(t, "negative byte size " + std::to_string(t.nbytes));
   for (size_t d = 0; d < t.shape.size(); ++d) {
     if (t.shape[d] < 0 || t.strides[d] < 0) fail(t, "negative size or stride");
   }
-  if (t.numel() > 0 && t.data == 0) fail(t, "null data pointer");
+  for (int64_t size : t.shape) {
+    if (size == 0) return 0;  // no element is addressed
+  }
+  // Offset of the last addressed element, and the end of its bytes, without int64 overflow.
+  int64_t last = 0, term = 0, end_bytes = 0;
+  for (size_t d = 0; d < t.shape.size(); ++d) {
+    if (__builtin_mul_overflow(t.shape[d] - 1, t.strides[d], &term) || __builtin_add_overflow(last, term, &last)) {
+      fail(t, "shape " + shape_string(t.shape) + " with strides " + shape_string(t.strides) +
+                  " addresses elements past 2**63");
+    }
+  }
+  const auto elem = static_cast<int64_t>(cpu::element_size(t.scalar_type()));
+  const bool overflow = __builtin_mul_overflow(last + 1, elem, &end_bytes);
+  if (overflow || end_bytes > t.nbytes) {
+    fail(t, "shape " + shape_string(t.shape) + " with strides " + shape_string(t.strides) + " reaches " +
+                (overflow ? std::string("more than 2**63") : std::to_string(end_bytes)) +
+                " bytes past the data pointer, but the storage holds " + std::to_string(t.nbytes));
+  }
+  return end_bytes;
 }
 
 void check_contiguous(const TensorArg& t) {
@@ -123,6 +146,22 @@ void run_on_ids(const TensorArg& topk_ids, int64_t num_experts, Fn&& fn) {
     fail(topk_ids, "expert id at " + pair_string(bad, topk_ids.size(1)) + " is outside [0, " +
                        std::to_string(num_experts) + ")");
   }
+}
+
+// Turns cpu::check_row_cover's code `bad` for row_of_pair [T, K] and N rows into an error naming the
+// argument (the Python ops name it "layout").
+void check_rows(const TensorArg& row_of_pair, int64_t bad, int64_t num_rows) {
+  if (bad == cpu::kOk) return;
+  const int64_t K = row_of_pair.size(1), num_pairs = row_of_pair.size(0) * K;
+  const std::string rows = "[0, " + std::to_string(num_rows) + ")";
+  if (bad == num_pairs) {
+    fail(row_of_pair, "row_of_pair covers fewer than the " + std::to_string(num_rows) +
+                          " rows its counts promise: every row in " + rows + " must be used exactly once");
+  }
+  const int64_t row = row_of_pair.ptr<const int64_t>()[bad];
+  const std::string at = "row_of_pair" + pair_string(bad, K) + " = " + std::to_string(row);
+  if (row < -1 || row >= num_rows) fail(row_of_pair, at + " is outside [-1, " + std::to_string(num_rows) + ")");
+  fail(row_of_pair, at + " repeats a row of an earlier pair: every row in " + rows + " must be used exactly once");
 }
 
 }  // namespace
@@ -187,9 +226,7 @@ void permute(const TensorArg& x, const TensorArg& row_of_pair, const TensorArg& 
   const int64_t bad = cpu::permute(x.ptr<const void>(), T, H, x.stride(0), x.stride(1),
                                    cpu::element_size(x.scalar_type()), row_of_pair.ptr<const int64_t>(),
                                    K, out.ptr<void>(), out.size(0), num_threads);
-  if (bad != cpu::kOk) {
-    fail(row_of_pair, "row at " + pair_string(bad, K) + " is outside [-1, " + std::to_string(out.size(0)) + ")");
-  }
+  check_rows(row_of_pair, bad, out.size(0));
 }
 
 void unpermute(const TensorArg& y, const TensorArg& row_of_pair, const TensorArg& topk_weights,
@@ -204,9 +241,7 @@ void unpermute(const TensorArg& y, const TensorArg& row_of_pair, const TensorArg
   const int64_t bad = cpu::unpermute(y.ptr<const void>(), y.scalar_type(), y.size(0), H, y.stride(0),
                                      y.stride(1), row_of_pair.ptr<const int64_t>(),
                                      topk_weights.ptr<const float>(), T, K, out.ptr<void>(), num_threads);
-  if (bad != cpu::kOk) {
-    fail(row_of_pair, "row at " + pair_string(bad, K) + " is outside [-1, " + std::to_string(y.size(0)) + ")");
-  }
+  check_rows(row_of_pair, bad, y.size(0));
 }
 
 void pack_padded(const TensorArg& rows, const TensorArg& counts, const TensorArg& out,

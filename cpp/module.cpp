@@ -15,14 +15,16 @@ PYBIND11_MODULE(_C, m) {
 
   py::class_<TensorArg>(m, "TensorArg")
       .def(py::init([](std::string name, uintptr_t data, std::vector<int64_t> shape,
-                       std::vector<int64_t> strides, int dtype) {
-             return TensorArg{std::move(name), data, std::move(shape), std::move(strides), dtype};
+                       std::vector<int64_t> strides, int dtype, int64_t nbytes) {
+             return TensorArg{std::move(name), data, std::move(shape), std::move(strides), dtype, nbytes};
            }),
-           py::arg("name"), py::arg("data"), py::arg("shape"), py::arg("strides"), py::arg("dtype"))
+           py::arg("name"), py::arg("data"), py::arg("shape"), py::arg("strides"), py::arg("dtype"),
+           py::arg("nbytes"))
       .def_readonly("name", &TensorArg::name)
       .def_readonly("shape", &TensorArg::shape)
       .def_readonly("strides", &TensorArg::strides)
-      .def_readonly("dtype", &TensorArg::dtype);
+      .def_readonly("dtype", &TensorArg::dtype)
+      .def_readonly("nbytes", &TensorArg::nbytes);
 
   py::enum_<moecomm::cpu::ScalarType>(m, "ScalarType")
       .value("float32", moecomm::cpu::ScalarType::kFloat32)

@@ -27,6 +27,7 @@ struct TensorArg {
   std::vector<int64_t> shape;
   std::vector<int64_t> strides;  // in elements
   int dtype = 0;                 // moecomm::cpu::ScalarType code
+  int64_t nbytes = 0;            // bytes the core may touch from `data` on (to the end of the storage)
 
   cpu::ScalarType scalar_type() const { return static_cast<cpu::ScalarType>(dtype); }
   int64_t dim() const { return static_cast<int64_t>(shape.size()); }
@@ -48,9 +49,13 @@ struct TensorArg {
 std::string dtype_name(int dtype);
 std::string shape_string(const std::vector<int64_t>& shape);
 
-// Checks rank, dtype in `allowed`, non-negative sizes/strides, matching metadata lengths and a
-// non-null pointer whenever the tensor holds elements.
+// Checks rank, dtype in `allowed`, non-negative sizes/strides, matching metadata lengths, a non-null
+// pointer whenever the tensor holds elements, and that every element its shape and strides address
+// lies in [data, data + nbytes) (the extent check every kernel's bounds rest on).
 void check_tensor(const TensorArg& t, int64_t expected_dim, std::initializer_list<int> allowed);
+// Checks that shape and strides address only bytes in [data, data + nbytes) (no int64 overflow on the
+// way) and returns the end of the last addressed element's bytes (0 for an empty tensor).
+int64_t check_extent(const TensorArg& t);
 void check_contiguous(const TensorArg& t);
 void check_shape(const TensorArg& t, const std::vector<int64_t>& expected);
 // check_tensor + contiguous + exact shape: what every small index/count tensor must satisfy.

@@ -1,5 +1,4 @@
 // pack_padded / unpack_padded: expert-major rows <-> zero-padded [buckets, capacity, H] buffers.
-#include <cstring>
 #include <vector>
 
 #include "copy.h"
@@ -15,9 +14,8 @@ int64_t bucket_offsets(const int64_t* counts, int64_t num_buckets, int64_t capac
                        int64_t num_rows, std::vector<int64_t>& first_row) {
   first_row.assign(static_cast<size_t>(num_buckets) + 1, 0);
   for (int64_t b = 0; b < num_buckets; ++b) {
-    if (counts[b] < 0 || counts[b] > capacity) return b;
+    if (counts[b] < 0 || counts[b] > capacity || counts[b] > num_rows - first_row[b]) return b;  // no overflow
     first_row[b + 1] = first_row[b] + counts[b];
-    if (first_row[b + 1] > num_rows) return b;
   }
   return first_row[num_buckets] == num_rows ? kOk : num_buckets;
 }
@@ -29,7 +27,7 @@ int64_t pack_padded(const void* rows, int64_t num_rows, int64_t hidden, int64_t 
                     int64_t num_buckets, int64_t capacity, void* out, int num_threads) {
   std::vector<int64_t> first_row;
   const int64_t bad = bucket_offsets(counts, num_buckets, capacity, num_rows, first_row);
-  if (bad != kOk) return bad;
+  if (bad != kOk || hidden == 0) return bad;  // H = 0: nothing to copy or zero, whatever the counts
   const int64_t es = static_cast<int64_t>(elem_size);
   const int64_t bucket_bytes = capacity * hidden * es;
   const char* src = static_cast<const char*>(rows);
@@ -39,8 +37,7 @@ int64_t pack_padded(const void* rows, int64_t num_rows, int64_t hidden, int64_t 
       char* bucket = dst + b * bucket_bytes;
       copy_rows(bucket, src + first_row[b] * stride_row * es, counts[b], hidden, stride_row,
                 stride_hidden, elem_size);
-      const size_t padding = static_cast<size_t>((capacity - counts[b]) * hidden * es);
-      if (padding > 0) std::memset(bucket + counts[b] * hidden * es, 0, padding);  // never memset(nullptr, 0)
+      zero_bytes(bucket + counts[b] * hidden * es, (capacity - counts[b]) * hidden * es);
     }
   });
   return kOk;
@@ -52,7 +49,7 @@ int64_t unpack_padded(const void* buffer, int64_t num_buckets, int64_t capacity,
                       int num_threads) {
   std::vector<int64_t> first_row;
   const int64_t bad = bucket_offsets(counts, num_buckets, capacity, num_rows, first_row);
-  if (bad != kOk) return bad;
+  if (bad != kOk || hidden == 0) return bad;  // H = 0: nothing to copy, whatever the counts
   const int64_t es = static_cast<int64_t>(elem_size);
   const char* src = static_cast<const char*>(buffer);
   char* dst = static_cast<char*>(out);

@@ -2,16 +2,15 @@
 #include "copy.h"
 #include "moecomm/cpu_kernels.h"
 #include "parallel.h"
+#include "row_cover.h"
 
 namespace moecomm::cpu {
 
 int64_t permute(const void* x, int64_t num_tokens, int64_t hidden, int64_t x_stride_token,
                 int64_t x_stride_hidden, size_t elem_size, const int64_t* row_of_pair,
                 int64_t top_k, void* out, int64_t num_rows, int num_threads) {
-  const int64_t num_pairs = num_tokens * top_k;
-  for (int64_t i = 0; i < num_pairs; ++i) {
-    if (row_of_pair[i] < -1 || row_of_pair[i] >= num_rows) return i;
-  }
+  const int64_t bad = check_row_cover(row_of_pair, num_tokens * top_k, num_rows);
+  if (bad != kOk) return bad;
   const char* src = static_cast<const char*>(x);
   char* dst = static_cast<char*>(out);
   const int64_t row_bytes = hidden * static_cast<int64_t>(elem_size);

@@ -20,6 +20,7 @@ int64_t regroup_blocks(const void* rows, int64_t num_rows, int64_t hidden, int64
     total += block_rows[i];
   }
   if (total != num_rows) return num_blocks;
+  if (hidden == 0) return kOk;  // nothing to copy, however many rows
   // Destination offsets in (inner, outer) order.
   std::vector<int64_t> dest_first(static_cast<size_t>(num_blocks));
   int64_t next = 0;

@@ -5,6 +5,7 @@
 #include "convert.h"
 #include "moecomm/cpu_kernels.h"
 #include "parallel.h"
+#include "row_cover.h"
 
 namespace moecomm::cpu {
 
@@ -44,10 +45,8 @@ int64_t unpermute(const void* y, ScalarType type, int64_t num_rows, int64_t hidd
                   int64_t y_stride_row, int64_t y_stride_hidden, const int64_t* row_of_pair,
                   const float* weights, int64_t num_tokens, int64_t top_k, void* out,
                   int num_threads) {
-  const int64_t num_pairs = num_tokens * top_k;
-  for (int64_t i = 0; i < num_pairs; ++i) {
-    if (row_of_pair[i] < -1 || row_of_pair[i] >= num_rows) return i;
-  }
+  const int64_t bad = check_row_cover(row_of_pair, num_tokens * top_k, num_rows);
+  if (bad != kOk) return bad;
   switch (type) {
     case ScalarType::kFloat32:
       unpermute_typed<Float32>(static_cast<const float*>(y), hidden, y_stride_row, y_stride_hidden,

@@ -1,8 +1,10 @@
 """Type stubs of moecomm's native core (pybind11 module ``moecomm._C``).
 
 Every function takes ``TensorArg`` descriptions of caller-allocated CPU tensors (see
-``moecomm.ops._native.tensor_arg``), checks them, runs the CPU kernel with the GIL released, and
-raises ``ValueError`` naming the argument on bad input. Outputs are written in place.
+``moecomm.ops._native.tensor_arg``, the one place that builds them), checks them, runs the CPU kernel
+with the GIL released, and raises ``ValueError`` naming the argument on bad input (``MemoryError`` when
+the kernel runs out of memory). Outputs are written in place. A ``TensorArg`` does not own its memory:
+keep the tensor alive across the call. The core touches only ``[data, data + nbytes)`` of each one.
 """
 
 import enum
@@ -18,9 +20,11 @@ class ScalarType(enum.IntEnum):
     float8_e4m3fn = 7
 
 class TensorArg:
-    """A tensor as (argument name, data pointer, shape, strides in elements, ScalarType code)."""
+    """A tensor as (argument name, data pointer, shape, strides in elements, ScalarType code, and the
+    bytes from ``data`` to the end of its storage). Shape and strides that address any byte past
+    ``nbytes`` are refused before a kernel runs."""
 
-    def __init__(self, name: str, data: int, shape: list[int], strides: list[int], dtype: int) -> None: ...
+    def __init__(self, name: str, data: int, shape: list[int], strides: list[int], dtype: int, nbytes: int) -> None: ...
     @property
     def name(self) -> str: ...
     @property
@@ -29,6 +33,8 @@ class TensorArg:
     def strides(self) -> list[int]: ...
     @property
     def dtype(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
 
 def route_layout(
     topk_ids: TensorArg,
@@ -53,10 +59,12 @@ def select_kept(
     policy); writes is_kept [T,K] bool."""
 
 def permute(x: TensorArg, row_of_pair: TensorArg, out: TensorArg, num_threads: int) -> None:
-    """x [T,H] float32/float16/bfloat16 (any strides); row_of_pair [T,K] int64; out [N,H] contiguous."""
+    """x [T,H] float32/float16/bfloat16 (any strides); row_of_pair [T,K] int64 whose kept rows cover
+    [0, N) exactly once (else ValueError naming row_of_pair's TensorArg); out [N,H] contiguous."""
 
 def unpermute(y: TensorArg, row_of_pair: TensorArg, topk_weights: TensorArg, out: TensorArg, num_threads: int) -> None:
-    """y [N,H]; row_of_pair [T,K] int64; topk_weights [T,K] float32; out [T,H] in y's dtype."""
+    """y [N,H]; row_of_pair [T,K] int64 covering [0, N) exactly once; topk_weights [T,K] float32;
+    out [T,H] in y's dtype."""
 
 def pack_padded(rows: TensorArg, counts: TensorArg, out: TensorArg, num_threads: int) -> None:
     """rows [N,H]; counts [B] int64; out [B,capacity,H] contiguous, zero padded."""

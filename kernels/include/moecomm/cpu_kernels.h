@@ -48,14 +48,16 @@ int64_t select_kept(const Id* ids, int64_t num_tokens, int64_t top_k, int64_t nu
 
 // out[row_of_pair[t, k]] = x[t] for every pair with row >= 0. x: [T, H] with strides
 // (x_stride_token, x_stride_hidden); out: [N, H] contiguous. Bytes are copied as they are.
-// Returns kOk, or the flat index of the first row outside [-1, N).
+// The kept pairs must cover the rows [0, N) exactly once (so every output row is written): returns kOk,
+// the flat index of the first pair whose row is outside [-1, N) or repeats a row, or T*K when fewer
+// than N rows are covered.
 int64_t permute(const void* x, int64_t num_tokens, int64_t hidden, int64_t x_stride_token,
                 int64_t x_stride_hidden, size_t elem_size, const int64_t* row_of_pair,
                 int64_t top_k, void* out, int64_t num_rows, int num_threads);
 
 // out[t] = sum over k with row >= 0 of weights[t, k] * y[row_of_pair[t, k]], accumulated in float32.
 // y: [N, H] with strides (y_stride_row, y_stride_hidden); weights: [T, K] float32 contiguous;
-// out: [T, H] contiguous, same type as y. Returns kOk or the flat index of the first bad row.
+// out: [T, H] contiguous, same type as y. row_of_pair is checked as for permute (same return codes).
 int64_t unpermute(const void* y, ScalarType type, int64_t num_rows, int64_t hidden,
                   int64_t y_stride_row, int64_t y_stride_hidden, const int64_t* row_of_pair,
                   const float* weights, int64_t num_tokens, int64_t top_k, void* out,

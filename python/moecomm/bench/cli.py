@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -233,6 +234,16 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parser.error(f"argument --skews: the hot routing mode takes popularity multipliers >= 1, got {low}")
 
 
+def check_out_folder(parser: argparse.ArgumentParser, out: Path) -> None:
+    """Creates the ``--out`` folder and proves it writable before any benchmark runs (else exit 2)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".moecomm-write-check-"):
+            pass
+    except OSError as error:
+        parser.error(f"argument --out: cannot write results to {str(out)!r}: {error.strerror or error}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parses ``argv``, runs the sections, writes results; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -243,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     validate(parser, args)
+    check_out_folder(parser, args.out)
     from moecomm.bench.runner import run_command
 
     command = "moecomm bench " + shlex.join(argv)

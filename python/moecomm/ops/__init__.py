@@ -1,4 +1,8 @@
-"""moecomm.ops: the MoE data path's kernels on torch CPU tensors (native), and their references.
+"""moecomm.ops: the MoE data path's kernels, and their references.
+
+Every op takes tensors on any device and returns results there: CPU tensors run in the native core
+(``moecomm._C``), other devices run the device-generic pure-torch reference. The data-movement ops take
+``out=`` buffers (contiguous, exact shape/dtype/device, sharing no memory with an input).
 
 | op | in | out |
 |---|---|---|
@@ -11,7 +15,7 @@
 | capacity_for_ratio / capacity_from_factor | loads [B] / sizes | int cap |
 | quantize_rows / dequantize_rows | x [N,H], kind int8/fp8 | q [N,H] int8/float8_e4m3fn + scales [N] / [N,ceil(H/128)] float32, and back |
 
-``moecomm.ops.reference`` holds a pure-torch version of each with the same signature.
+``moecomm.ops.reference`` holds a pure-torch version of each with the same signature (device-generic).
 """
 
 from moecomm.ops import reference

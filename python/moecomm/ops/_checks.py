@@ -5,6 +5,7 @@ Every check raises before any kernel or collective runs, and names the argument 
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable
 
 import torch
@@ -19,14 +20,30 @@ def _names(dtypes: Iterable[torch.dtype]) -> str:
 
 
 def check_tensor(
-    name: str, value: object, *, dim: int, dtypes: Iterable[torch.dtype], cpu_only: bool = True
+    name: str,
+    value: object,
+    *,
+    dim: int,
+    dtypes: Iterable[torch.dtype],
+    cpu_only: bool = True,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
-    """Checks that ``value`` is a ``dim``-D tensor with a dtype in ``dtypes`` (on the CPU)."""
+    """Checks that ``value`` is a ``dim``-D tensor with a dtype in ``dtypes``, holding data.
+
+    Where it may live: on ``device`` when given (the device of the op's other tensors: mixed devices
+    are refused); otherwise on the CPU when ``cpu_only``, anywhere but ``meta`` when not.
+    """
     dtypes = tuple(dtypes)
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
-    if cpu_only and value.device.type != "cpu":
-        raise ValueError(f"{name}: expected a CPU tensor, got device {value.device} (only the CPU backend is built)")
+    if device is not None and value.device != device:
+        raise ValueError(
+            f"{name}: expected a tensor on {device} (where the op's other tensors are), got device {value.device}"
+        )
+    if device is None and cpu_only and value.device.type != "cpu":
+        raise ValueError(f"{name}: expected a CPU tensor, got device {value.device}")
+    if value.device.type == "meta":
+        raise ValueError(f"{name}: expected a tensor holding data, got device meta")
     if value.dim() != dim:
         raise ValueError(f"{name}: expected a {dim}-D tensor, got shape {list(value.shape)}")
     if value.dtype not in dtypes:
@@ -34,16 +51,34 @@ def check_tensor(
     return value
 
 
+#: The largest int the native core (int64) takes; every integer argument of the ops is bounded by it.
+INT64_MAX = 2**63 - 1
+
+
+def check_int(name: str, value: object, *, minimum: int, expected: str) -> int:
+    """Checks an integer (a Python or numpy int, not a bool) in ``[minimum, 2**63 - 1]`` -> ``int``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+    number = int(value)
+    if number < minimum or number > INT64_MAX:
+        raise ValueError(f"{name}: expected {expected} (at most 2**63 - 1), got {number!r}")
+    return number
+
+
+def exact_sum(values: torch.Tensor, largest: int) -> int:
+    """The exact sum of integer ``values``, each in ``[0, largest]``: torch's int64 sum where it cannot
+    wrap, Python ints otherwise (only forged, astronomically large values get there)."""
+    if values.numel() * largest <= INT64_MAX:
+        return int(values.sum())
+    return sum(values.tolist())
+
+
 def check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    return value
+    return check_int(name, value, minimum=1, expected="a positive int")
 
 
 def check_non_negative_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
-    return value
+    return check_int(name, value, minimum=0, expected="an int >= 0")
 
 
 def check_topology(num_experts: object, num_ranks: object) -> tuple[int, int]:
@@ -58,9 +93,9 @@ def check_topology(num_experts: object, num_ranks: object) -> tuple[int, int]:
     return num_experts, num_ranks
 
 
-def check_topk_ids(topk_ids: object, num_experts: int | None = None) -> torch.Tensor:
-    """Checks ``topk_ids [T, K] int32|int64`` on the CPU; with ``num_experts``, also the id range."""
-    ids = check_tensor("topk_ids", topk_ids, dim=2, dtypes=ID_DTYPES)
+def check_topk_ids(topk_ids: object, num_experts: int | None = None, *, cpu_only: bool = True) -> torch.Tensor:
+    """Checks ``topk_ids [T, K] int32|int64`` (on the CPU when ``cpu_only``); with ``num_experts``, the id range."""
+    ids = check_tensor("topk_ids", topk_ids, dim=2, dtypes=ID_DTYPES, cpu_only=cpu_only)
     if num_experts is not None and ids.numel() > 0:
         low, high = int(ids.min()), int(ids.max())
         if low < 0 or high >= num_experts:
@@ -70,8 +105,8 @@ def check_topk_ids(topk_ids: object, num_experts: int | None = None) -> torch.Te
 
 
 def check_topk_weights(topk_weights: object, topk_ids: torch.Tensor) -> torch.Tensor:
-    """Checks ``topk_weights [T, K] float`` against ``topk_ids [T, K]``."""
-    weights = check_tensor("topk_weights", topk_weights, dim=2, dtypes=WEIGHT_DTYPES)
+    """Checks ``topk_weights [T, K] float`` against ``topk_ids [T, K]`` (same shape and device)."""
+    weights = check_tensor("topk_weights", topk_weights, dim=2, dtypes=WEIGHT_DTYPES, device=topk_ids.device)
     if weights.shape != topk_ids.shape:
         raise ValueError(
             f"topk_weights: expected shape {list(topk_ids.shape)} (that of topk_ids), got {list(weights.shape)}"
@@ -80,7 +115,8 @@ def check_topk_weights(topk_weights: object, topk_ids: torch.Tensor) -> torch.Te
 
 
 def check_is_kept(is_kept: object, topk_ids: torch.Tensor) -> torch.Tensor:
-    mask = check_tensor("is_kept", is_kept, dim=2, dtypes=(torch.bool,))
+    """Checks ``is_kept [T, K] bool`` against ``topk_ids [T, K]`` (same shape and device)."""
+    mask = check_tensor("is_kept", is_kept, dim=2, dtypes=(torch.bool,), device=topk_ids.device)
     if mask.shape != topk_ids.shape:
         raise ValueError(f"is_kept: expected shape {list(topk_ids.shape)} (that of topk_ids), got {list(mask.shape)}")
     return mask
@@ -98,15 +134,3 @@ def check_ratio(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= float(value) < 1.0):
         raise ValueError(f"{name}: expected a number in [0, 1), got {value!r}")
     return float(value)
-
-
-def output_buffer(
-    out: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, name: str = "out"
-) -> torch.Tensor:
-    """A new ``shape`` tensor, or ``out`` checked to be a contiguous CPU tensor of that shape and dtype."""
-    if out is None:
-        return torch.empty(shape, dtype=dtype)
-    check_tensor(name, out, dim=len(shape), dtypes=(dtype,))
-    if tuple(out.shape) != shape or not out.is_contiguous():
-        raise ValueError(f"{name}: expected a contiguous tensor of shape {list(shape)}, got {list(out.shape)}")
-    return out

@@ -1,4 +1,4 @@
-"""Hands torch CPU tensors to the native core as ``_C.TensorArg`` (pointer, shape, strides, dtype)."""
+"""Hands torch CPU tensors to the native core as ``_C.TensorArg`` (pointer, shape, strides, dtype, extent)."""
 
 from __future__ import annotations
 
@@ -19,11 +19,19 @@ _DTYPE_CODES = {
 
 
 def tensor_arg(name: str, tensor: torch.Tensor) -> _C.TensorArg:
-    """Describes a CPU ``tensor`` of any supported dtype for the native core (no copy)."""
+    """Describes a CPU ``tensor`` of any supported dtype for the native core (no copy).
+
+    The description carries the bytes of storage from the tensor's first element to the end of its
+    storage (``untyped_storage().nbytes()`` less ``storage_offset()`` elements): the native core
+    refuses a shape and strides that would address anything past them.
+    """
+    if tensor.device.type != "cpu":
+        raise ValueError(f"{name}: expected a CPU tensor for the native core, got device {tensor.device}")
     code = _DTYPE_CODES.get(tensor.dtype)
     if code is None:
         raise TypeError(f"{name}: dtype {tensor.dtype} is not supported by the native core")
-    return _C.TensorArg(name, tensor.data_ptr(), list(tensor.shape), list(tensor.stride()), code)
+    nbytes = tensor.untyped_storage().nbytes() - tensor.storage_offset() * tensor.element_size()
+    return _C.TensorArg(name, tensor.data_ptr(), list(tensor.shape), list(tensor.stride()), code, nbytes)
 
 
 def num_threads() -> int:

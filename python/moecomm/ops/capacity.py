@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import torch
 
-from moecomm.ops._checks import check_non_negative_int, check_positive_int, check_ratio
+from moecomm.ops._checks import INT64_MAX, check_non_negative_int, check_positive_int, check_ratio, exact_sum
 
 
 def drop_budget(total_pairs: int, drop_ratio: float) -> int:
@@ -36,8 +36,12 @@ def capacity_for_ratio(loads: torch.Tensor, drop_ratio: float) -> int:
     loads = loads.detach().to("cpu", torch.int64)
     if loads.numel() and int(loads.min()) < 0:
         raise ValueError(f"loads: expected every load >= 0, got {int(loads.min())}")
-    budget = drop_budget(int(loads.sum()), drop_ratio)
-    low, high = 0, int(loads.max()) if loads.numel() else 0
+    high = int(loads.max()) if loads.numel() else 0
+    total = exact_sum(loads, high)
+    if total > INT64_MAX:
+        raise ValueError(f"loads: expected a total load of at most 2**63 - 1, got {total}")
+    budget = drop_budget(total, drop_ratio)
+    low = 0
     while low < high:  # dropped_above is non-increasing in the cap: binary search
         mid = (low + high) // 2
         if dropped_above(loads, mid) <= budget:

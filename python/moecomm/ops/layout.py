@@ -1,4 +1,4 @@
-"""route_layout: where every (token, k) pair goes in expert-major order (native counting sort)."""
+"""route_layout: where every (token, k) pair goes in expert-major order (native counting sort); RouteLayout."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from dataclasses import dataclass
 import torch
 
 from moecomm import _C
-from moecomm.ops._checks import check_is_kept, check_topk_ids, check_topology
+from moecomm.ops._checks import ID_DTYPES, check_is_kept, check_tensor, check_topk_ids, check_topology, exact_sum
+from moecomm.ops._device import reference_ops, runs_natively
 from moecomm.ops._native import num_threads, tensor_arg
+from moecomm.ops._out import new_tensor
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,9 @@ class RouteLayout:
             expert, token order, then k); ``-1`` for a dropped pair.
         num_experts: E.
         num_ranks: R (rank r owns experts ``[r*E/R, (r+1)*E/R)``).
+
+    Every tensor lives on topk_ids' device. The ops check a layout's structure (:func:`check_layout`) and
+    that ``row_of_pair`` covers the rows ``[0, sum(tokens_per_expert))`` exactly once before using it.
     """
 
     topk_ids: torch.Tensor
@@ -49,22 +54,51 @@ def tokens_per_rank_of(tokens_per_expert: torch.Tensor, num_ranks: int) -> torch
     return tokens_per_expert.view(num_ranks, -1).sum(dim=1)
 
 
+def check_layout(layout: object, device: torch.device) -> RouteLayout:
+    """Checks a :class:`RouteLayout`'s structure (types, shapes, dtypes, ``device``, counts >= 0 summing
+    to at most T*K) and returns it. That its rows cover ``[0, N)`` exactly once is checked where they
+    are used: the native kernels, and the reference's own pass."""
+    if not isinstance(layout, RouteLayout):
+        raise TypeError(f"layout: expected a RouteLayout from route_layout(), got {type(layout).__name__}")
+    try:
+        check_topology(layout.num_experts, layout.num_ranks)
+        ids = check_tensor("topk_ids", layout.topk_ids, dim=2, dtypes=ID_DTYPES, device=device)
+        counts = check_tensor("tokens_per_expert", layout.tokens_per_expert, dim=1, dtypes=(torch.int64,), device=device)
+        rows = check_tensor("row_of_pair", layout.row_of_pair, dim=2, dtypes=(torch.int64,), device=device)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"layout: {error}") from None
+    if rows.shape != ids.shape:
+        raise ValueError(f"layout: row_of_pair has shape {list(rows.shape)}, topk_ids {list(ids.shape)}")
+    if counts.numel() != layout.num_experts:
+        raise ValueError(f"layout: tokens_per_expert has {counts.numel()} entries for {layout.num_experts} experts")
+    if counts.numel() and int(counts.min()) < 0:
+        raise ValueError(f"layout: tokens_per_expert holds a negative count {int(counts.min())}")
+    total = exact_sum(counts, int(counts.max()) if counts.numel() else 0)
+    if total > ids.numel():
+        raise ValueError(f"layout: tokens_per_expert sums to {total} rows, more than the {ids.numel()} pairs")
+    return layout
+
+
 def route_layout(
     topk_ids: torch.Tensor, num_experts: int, num_ranks: int = 1, is_kept: torch.Tensor | None = None
 ) -> RouteLayout:
     """Counting-sorts the (token, k) pairs of ``topk_ids`` by expert, O(T*K).
 
+    CPU tensors run natively; tensors on another device run the reference there.
+
     Args:
-        topk_ids: ``[T, K]`` int32 or int64 expert ids in ``[0, num_experts)``, CPU.
+        topk_ids: ``[T, K]`` int32 or int64 expert ids in ``[0, num_experts)``.
         num_experts: E, divisible by ``num_ranks``.
         num_ranks: R, ranks owning contiguous blocks of ``E / R`` experts.
-        is_kept: optional ``[T, K]`` bool; dropped pairs get row ``-1`` and are not counted.
+        is_kept: optional ``[T, K]`` bool on topk_ids' device; dropped pairs get row ``-1`` and are not counted.
     """
+    if not runs_natively(topk_ids):
+        return reference_ops().route_layout(topk_ids, num_experts, num_ranks, is_kept)
     num_experts, num_ranks = check_topology(num_experts, num_ranks)
     ids = check_topk_ids(topk_ids)
     mask = None if is_kept is None else check_is_kept(is_kept, ids).contiguous()
     ids_c = ids.contiguous()
-    tokens_per_expert = torch.empty(num_experts, dtype=torch.int64)
+    tokens_per_expert = new_tensor("num_experts", (num_experts,), dtype=torch.int64, device=ids.device)
     row_of_pair = torch.empty(ids.shape, dtype=torch.int64)
     _C.route_layout(
         tensor_arg("topk_ids", ids_c),

@@ -1,31 +1,21 @@
-"""permute / unpermute: token rows <-> expert-major rows, natively."""
+"""permute / unpermute: token rows <-> expert-major rows (native on CPU, the reference elsewhere)."""
 
 from __future__ import annotations
 
 import torch
 
 from moecomm import _C
-from moecomm.ops._checks import ACTIVATION_DTYPES, check_tensor, check_topk_weights, output_buffer
+from moecomm.ops._checks import ACTIVATION_DTYPES, check_tensor, check_topk_weights
+from moecomm.ops._device import reference_ops, runs_natively
 from moecomm.ops._native import num_threads, tensor_arg
-from moecomm.ops.layout import RouteLayout, route_layout
-
-
-def check_layout(layout: object) -> RouteLayout:
-    if not isinstance(layout, RouteLayout):
-        raise TypeError(f"layout: expected a RouteLayout from route_layout(), got {type(layout).__name__}")
-    return layout
-
-
-def kept_layout(layout: RouteLayout, is_kept: torch.Tensor | None) -> RouteLayout:
-    """The layout with only the pairs of ``is_kept [T, K] bool`` (``layout`` itself when None)."""
-    if is_kept is None:
-        return layout
-    return route_layout(layout.topk_ids, layout.num_experts, layout.num_ranks, is_kept)
+from moecomm.ops._out import output_buffer
+from moecomm.ops.layout import RouteLayout, check_layout, route_layout
 
 
 def check_permute_args(x: torch.Tensor, layout: RouteLayout) -> tuple[torch.Tensor, RouteLayout]:
-    layout = check_layout(layout)
-    x = check_tensor("x", x, dim=2, dtypes=ACTIVATION_DTYPES)
+    """Checks ``x [T, H]`` (any device but meta) and, on x's device, the layout over T tokens."""
+    x = check_tensor("x", x, dim=2, dtypes=ACTIVATION_DTYPES, cpu_only=False)
+    layout = check_layout(layout, x.device)
     if x.shape[0] != layout.topk_ids.shape[0]:
         raise ValueError(f"x: expected {layout.topk_ids.shape[0]} tokens (rows of topk_ids), got {x.shape[0]}")
     return x, layout
@@ -34,10 +24,18 @@ def check_permute_args(x: torch.Tensor, layout: RouteLayout) -> tuple[torch.Tens
 def check_unpermute_args(
     y: torch.Tensor, layout: RouteLayout, topk_weights: torch.Tensor
 ) -> tuple[torch.Tensor, RouteLayout, torch.Tensor]:
-    layout = check_layout(layout)
-    y = check_tensor("y", y, dim=2, dtypes=ACTIVATION_DTYPES)
+    """Checks ``y [N, H]`` (any device but meta) and, on y's device, the layout and ``topk_weights [T, K]``."""
+    y = check_tensor("y", y, dim=2, dtypes=ACTIVATION_DTYPES, cpu_only=False)
+    layout = check_layout(layout, y.device)
     weights = check_topk_weights(topk_weights, layout.topk_ids)
     return y, layout, weights
+
+
+def kept_layout(layout: RouteLayout, is_kept: torch.Tensor | None) -> RouteLayout:
+    """The layout with only the pairs of ``is_kept [T, K] bool`` (``layout`` itself when None)."""
+    if is_kept is None:
+        return layout
+    return route_layout(layout.topk_ids, layout.num_experts, layout.num_ranks, is_kept)
 
 
 def check_row_count(name: str, rows: torch.Tensor, layout: RouteLayout) -> None:
@@ -50,19 +48,25 @@ def permute(
 ) -> torch.Tensor:
     """Copies each token's row to its kept pairs' rows in expert-major order.
 
+    CPU tensors run natively; tensors on another device run the reference there.
+
     Args:
-        x: ``[T, H]`` float32/float16/bfloat16 tokens, CPU, any strides.
-        layout: from :func:`route_layout` over the same ``topk_ids [T, K]``.
+        x: ``[T, H]`` float32/float16/bfloat16 tokens, any strides.
+        layout: from :func:`route_layout` over the same ``topk_ids [T, K]``, on x's device.
         is_kept: optional ``[T, K]`` bool; dropped pairs are skipped and no other expert's rows shift.
-        out: optional preallocated ``[N_kept, H]`` contiguous tensor of x's dtype to write into.
+        out: optional ``[N_kept, H]`` contiguous tensor of x's dtype and device to write into; it may
+            share no memory with x or the layout.
 
     Returns:
         ``[N_kept, H]`` in x's dtype, rows ordered by expert, then token, then k.
     """
+    if not runs_natively(x):
+        return reference_ops().permute(x, layout, is_kept, out=out)
     x, layout = check_permute_args(x, layout)
     layout = kept_layout(layout, is_kept)
-    out = output_buffer(out, (layout.num_rows, x.shape[1]), x.dtype)
-    _C.permute(tensor_arg("x", x), tensor_arg("row_of_pair", layout.row_of_pair), tensor_arg("out", out), num_threads())
+    out = output_buffer(out, (layout.num_rows, x.shape[1]), dtype=x.dtype, device=x.device,
+                        inputs={"x": x, "layout": layout.row_of_pair}, sized_by="x")
+    _C.permute(tensor_arg("x", x), tensor_arg("layout", layout.row_of_pair), tensor_arg("out", out), num_threads())
     return out
 
 
@@ -76,25 +80,31 @@ def unpermute(
 ) -> torch.Tensor:
     """Combines expert-major rows back into tokens: ``out[t] = sum over kept k of w[t,k] * y[row(t,k)]``.
 
+    CPU tensors run natively; tensors on another device run the reference there.
+
     Args:
         y: ``[N_kept, H]`` float32/float16/bfloat16 expert outputs in the order :func:`permute` made.
-        layout: the layout ``y`` was permuted with.
+        layout: the layout ``y`` was permuted with, on y's device.
         topk_weights: ``[T, K]`` float32/float16/bfloat16 gate weights (not renormalised).
         is_kept: optional ``[T, K]`` bool, the same mask given to :func:`permute`.
-        out: optional preallocated ``[T, H]`` contiguous tensor of y's dtype to write into.
+        out: optional ``[T, H]`` contiguous tensor of y's dtype and device to write into; it may share
+            no memory with y, topk_weights or the layout.
 
     Returns:
         ``[T, H]`` in y's dtype, accumulated in float32. Tokens with no kept pair are zero.
     """
+    if not runs_natively(y):
+        return reference_ops().unpermute(y, layout, topk_weights, is_kept, out=out)
     y, layout, weights = check_unpermute_args(y, layout, topk_weights)
     layout = kept_layout(layout, is_kept)
     check_row_count("y", y, layout)
-    weights = weights.to(torch.float32).contiguous()
-    out = output_buffer(out, (layout.topk_ids.shape[0], y.shape[1]), y.dtype)
+    out = output_buffer(out, (layout.topk_ids.shape[0], y.shape[1]), dtype=y.dtype, device=y.device,
+                        inputs={"y": y, "topk_weights": weights, "layout": layout.row_of_pair}, sized_by="y")
+    weights_f32 = weights.to(torch.float32).contiguous()  # held here: a TensorArg does not own its memory
     _C.unpermute(
         tensor_arg("y", y),
-        tensor_arg("row_of_pair", layout.row_of_pair),
-        tensor_arg("topk_weights", weights),
+        tensor_arg("layout", layout.row_of_pair),
+        tensor_arg("topk_weights", weights_f32),
         tensor_arg("out", out),
         num_threads(),
     )

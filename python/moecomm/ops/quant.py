@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from moecomm import _C
-from moecomm.ops._checks import ACTIVATION_DTYPES, _names, check_choice, check_tensor, output_buffer
+from moecomm.ops._checks import ACTIVATION_DTYPES, _names, check_choice, check_tensor
+from moecomm.ops._out import output_buffer
 from moecomm.ops._native import num_threads, tensor_arg
 
 QUANT_KINDS = ("int8", "fp8")
@@ -113,8 +114,10 @@ def quantize_rows(
     """
     x, fmt = check_quantize_args(x, kind)
     num_rows, hidden = x.shape
-    q = output_buffer(out, (num_rows, hidden), fmt.dtype)
-    scales = output_buffer(out_scales, fmt.scales_shape(num_rows, hidden), torch.float32, "out_scales")
+    inputs = {"x": x}
+    q = output_buffer(out, (num_rows, hidden), dtype=fmt.dtype, device=x.device, inputs=inputs, sized_by="x")
+    scales = output_buffer(out_scales, fmt.scales_shape(num_rows, hidden), dtype=torch.float32, device=x.device,
+                           inputs={**inputs, "out": q}, sized_by="x", name="out_scales")
     _C.quantize_rows(tensor_arg("x", x), tensor_arg("out", q), tensor_arg("out_scales", scales), num_threads())
     return q, scales
 
@@ -135,7 +138,8 @@ def dequantize_rows(
         ``[N, H]`` of ``dtype``.
     """
     q, scales, fmt = check_dequantize_args(q, scales, kind, dtype)
-    out = output_buffer(out, tuple(q.shape), dtype)
+    out = output_buffer(out, tuple(q.shape), dtype=dtype, device=q.device, inputs={"q": q, "scales": scales},
+                        sized_by="q")
     q, scales = q.contiguous(), scales.contiguous()  # named: the copies must outlive the native call
     _C.dequantize_rows(tensor_arg("q", q), tensor_arg("scales", scales), tensor_arg("out", out), num_threads())
     return out

@@ -1,20 +1,23 @@
 """Pure-torch references of every native op, with the same signatures (no ``_C`` anywhere).
 
-They favour obviousness over speed: stable sorts and index ops where the native core counts.
-Tests compare the native ops against these; benchmarks use them as the plain-torch peer.
+They favour obviousness over speed: stable sorts and index ops where the native core counts. They are
+device-generic: every tensor they make lives on the inputs' device, so the public ops run them for
+tensors the native core does not serve (CUDA, NPU, ...). Tests compare the native ops against these;
+benchmarks use them as the plain-torch peer.
 """
 
 from __future__ import annotations
 
 import torch
 
-from moecomm.ops._checks import ACTIVATION_DTYPES, check_is_kept, check_tensor, check_topk_ids, check_topology
+from moecomm.ops._checks import check_is_kept, check_topk_ids, check_topology
+from moecomm.ops._out import new_tensor, output_buffer
 from moecomm.ops.capacity import capacity_for_ratio, capacity_from_factor, drop_budget
 from moecomm.ops.layout import RouteLayout, tokens_per_rank_of
-from moecomm.ops.padded import check_counts
+from moecomm.ops.padded import check_pack_args, check_unpack_args
 from moecomm.ops.reference_quant import dequantize_rows, quantize_rows
 from moecomm.ops.permute import check_permute_args, check_row_count, check_unpermute_args
-from moecomm.ops.regroup import check_block_rows
+from moecomm.ops.regroup import check_regroup_args
 from moecomm.ops.select import check_select_args
 
 __all__ = [
@@ -38,15 +41,16 @@ def route_layout(
 ) -> RouteLayout:
     """Reference of :func:`moecomm.ops.route_layout`: a stable argsort of the flattened ids."""
     num_experts, num_ranks = check_topology(num_experts, num_ranks)
-    ids = check_topk_ids(topk_ids, num_experts)
+    ids = check_topk_ids(topk_ids, num_experts, cpu_only=False)
     flat = ids.reshape(-1).to(torch.int64)
     kept = torch.ones_like(flat, dtype=torch.bool) if is_kept is None else check_is_kept(is_kept, ids).reshape(-1)
     sort_key = torch.where(kept, flat, torch.full_like(flat, num_experts))  # dropped pairs sort last
     order = torch.sort(sort_key, stable=True).indices
     row_of_pair = torch.empty_like(flat)
-    row_of_pair[order] = torch.arange(flat.numel(), dtype=torch.int64)
+    row_of_pair[order] = torch.arange(flat.numel(), dtype=torch.int64, device=flat.device)
     row_of_pair[~kept] = -1
-    tokens_per_expert = torch.bincount(flat[kept], minlength=num_experts)[:num_experts]
+    tokens_per_expert = new_tensor("num_experts", (num_experts,), dtype=torch.int64, device=flat.device).zero_()
+    tokens_per_expert.index_add_(0, flat[kept], torch.ones_like(flat[kept]))
     return RouteLayout(
         topk_ids=ids,
         tokens_per_expert=tokens_per_expert,
@@ -71,10 +75,10 @@ def select_kept(
     ids, weights, experts_per_bucket, cap = check_select_args(
         topk_ids, topk_weights, num_experts, capacity, scope, num_ranks, policy
     )
-    check_topk_ids(ids, num_experts)
+    check_topk_ids(ids, num_experts, cpu_only=False)
     bucket = ids.reshape(-1).to(torch.int64) // experts_per_bucket
     num_pairs = bucket.numel()
-    pair_index = torch.arange(num_pairs, dtype=torch.int64)
+    pair_index = torch.arange(num_pairs, dtype=torch.int64, device=ids.device)
     if weights is None:
         order = torch.sort(bucket, stable=True).indices  # by bucket, then pair index
     else:
@@ -83,65 +87,103 @@ def select_kept(
     sorted_bucket = bucket[order]
     first_of_bucket = torch.searchsorted(sorted_bucket, sorted_bucket, right=False)
     rank_in_bucket = pair_index - first_of_bucket
-    is_kept = torch.empty(num_pairs, dtype=torch.bool)
-    is_kept[order] = rank_in_bucket < cap[sorted_bucket] if num_pairs else torch.empty(0, dtype=torch.bool)
+    is_kept = torch.empty(num_pairs, dtype=torch.bool, device=ids.device)
+    is_kept[order] = rank_in_bucket < cap[sorted_bucket]
     return is_kept.view(ids.shape)
 
 
-def permute(x: torch.Tensor, layout: RouteLayout, is_kept: torch.Tensor | None = None) -> torch.Tensor:
-    """Reference of :func:`moecomm.ops.permute`: one index_copy."""
+def check_rows_cover(layout: RouteLayout) -> None:
+    """The reference's own check that ``layout.row_of_pair`` maps the kept pairs one-to-one onto
+    ``[0, layout.num_rows)`` (the native kernels check the same invariant)."""
+    rows = layout.row_of_pair.reshape(-1)
+    num_rows = layout.num_rows
+    if rows.numel() and (int(rows.min()) < -1 or int(rows.max()) >= num_rows):
+        raise ValueError(f"layout: row_of_pair holds a row outside [-1, {num_rows})")
+    kept = rows[rows >= 0]
+    if kept.numel() != num_rows or (num_rows and int(torch.bincount(kept, minlength=num_rows).max()) > 1):
+        raise ValueError(
+            f"layout: row_of_pair does not use every row in [0, {num_rows}) exactly once "
+            "(its rows and tokens_per_expert disagree)"
+        )
+
+
+def permute(
+    x: torch.Tensor, layout: RouteLayout, is_kept: torch.Tensor | None = None, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Reference of :func:`moecomm.ops.permute`: one indexed copy."""
     x, layout = check_permute_args(x, layout)
     layout = kept_layout_reference(layout, is_kept)
+    check_rows_cover(layout)
+    out = output_buffer(out, (layout.num_rows, x.shape[1]), dtype=x.dtype, device=x.device,
+                        inputs={"x": x, "layout": layout.row_of_pair}, sized_by="x")
     num_tokens, top_k = layout.row_of_pair.shape
     rows = layout.row_of_pair.reshape(-1)
-    token_of_pair = torch.arange(num_tokens).repeat_interleave(top_k)
+    token_of_pair = torch.arange(num_tokens, device=x.device).repeat_interleave(top_k)
     kept = rows >= 0
-    out = x.new_empty((layout.num_rows, x.shape[1]))
     out[rows[kept]] = x[token_of_pair[kept]]
     return out
 
 
 def unpermute(
-    y: torch.Tensor, layout: RouteLayout, topk_weights: torch.Tensor, is_kept: torch.Tensor | None = None
+    y: torch.Tensor,
+    layout: RouteLayout,
+    topk_weights: torch.Tensor,
+    is_kept: torch.Tensor | None = None,
+    *,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reference of :func:`moecomm.ops.unpermute`: float32 index_add."""
     y, layout, weights = check_unpermute_args(y, layout, topk_weights)
     layout = kept_layout_reference(layout, is_kept)
     check_row_count("y", y, layout)
+    check_rows_cover(layout)
     num_tokens, top_k = layout.row_of_pair.shape
+    out = output_buffer(out, (num_tokens, y.shape[1]), dtype=y.dtype, device=y.device,
+                        inputs={"y": y, "topk_weights": weights, "layout": layout.row_of_pair}, sized_by="y")
     rows = layout.row_of_pair.reshape(-1)
     kept = rows >= 0
-    token_of_pair = torch.arange(num_tokens).repeat_interleave(top_k)[kept]
+    token_of_pair = torch.arange(num_tokens, device=y.device).repeat_interleave(top_k)[kept]
     contrib = y[rows[kept]].float() * weights.reshape(-1)[kept].float().unsqueeze(1)
-    out = torch.zeros((num_tokens, y.shape[1]), dtype=torch.float32)
-    out.index_add_(0, token_of_pair, contrib)
-    return out.to(y.dtype)
+    summed = torch.zeros((num_tokens, y.shape[1]), dtype=torch.float32, device=y.device)
+    summed.index_add_(0, token_of_pair, contrib)
+    return out.copy_(summed)
 
 
-def pack_padded(rows: torch.Tensor, counts: torch.Tensor, capacity: int) -> torch.Tensor:
+def pack_padded(
+    rows: torch.Tensor, counts: torch.Tensor, capacity: int, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Reference of :func:`moecomm.ops.pack_padded`: a loop over buckets."""
-    counts = check_counts(counts, rows.shape[0], capacity)
-    out = rows.new_zeros((counts.numel(), capacity, rows.shape[1]))
-    for b, part in enumerate(torch.split(rows, counts.tolist())):
+    rows, counts_64, capacity = check_pack_args(rows, counts, capacity)
+    out = output_buffer(out, (counts_64.numel(), capacity, rows.shape[1]), dtype=rows.dtype, device=rows.device,
+                        inputs={"rows": rows, "counts": counts}, sized_by="capacity")
+    out.zero_()
+    for b, part in enumerate(torch.split(rows, counts_64.tolist())):
         out[b, : part.shape[0]] = part
     return out
 
 
-def unpack_padded(buffer: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def unpack_padded(buffer: torch.Tensor, counts: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """Reference of :func:`moecomm.ops.unpack_padded`: a loop over buckets."""
-    counts = check_counts(counts, int(counts.sum()), buffer.shape[1], buffer.shape[0])
-    parts = [buffer[b, :n] for b, n in enumerate(counts.tolist())]
-    return torch.cat(parts) if parts else buffer.new_empty((0, buffer.shape[2]))
+    buffer, counts_64 = check_unpack_args(buffer, counts)
+    sizes = counts_64.tolist()
+    out = output_buffer(out, (sum(sizes), buffer.shape[2]), dtype=buffer.dtype, device=buffer.device,
+                        inputs={"buffer": buffer, "counts": counts}, sized_by="counts")
+    if sizes:
+        torch.cat([buffer[b, :n] for b, n in enumerate(sizes)], out=out)
+    return out
 
 
-def regroup_blocks(rows: torch.Tensor, block_rows: torch.Tensor) -> torch.Tensor:
+def regroup_blocks(rows: torch.Tensor, block_rows: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """Reference of :func:`moecomm.ops.regroup_blocks`: split into blocks, transpose the grid, concatenate."""
-    check_tensor("rows", rows, dim=2, dtypes=ACTIVATION_DTYPES)
-    blocks = check_block_rows(block_rows, rows.shape[0])
+    rows, blocks = check_regroup_args(rows, block_rows)
+    out = output_buffer(out, tuple(rows.shape), dtype=rows.dtype, device=rows.device,
+                        inputs={"rows": rows, "block_rows": block_rows}, sized_by="rows")
     pieces = torch.split(rows, blocks.reshape(-1).tolist())
     num_outer, num_inner = blocks.shape
     reordered = [pieces[a * num_inner + b] for b in range(num_inner) for a in range(num_outer)]
-    return torch.cat(reordered) if reordered else rows.new_empty((0, rows.shape[1]))
+    if reordered:
+        torch.cat(reordered, out=out)
+    return out
 
 
 def kept_layout_reference(layout: RouteLayout, is_kept: torch.Tensor | None) -> RouteLayout:
