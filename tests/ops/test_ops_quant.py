@@ -319,6 +319,6 @@ def test_forged_tensor_args_are_rejected_by_the_core():
     with pytest.raises(ValueError, match="out"):
         _C.dequantize_rows(tensor_arg("q", q), tensor_arg("scales", torch.ones(4, 3)),
                            tensor_arg("out", torch.empty(4, 299)), 1)
-    forged = _C.TensorArg("scales", torch.ones(4, 3).data_ptr(), [4, 3], [3, -1], int(_C.ScalarType.float32))
+    forged = _C.TensorArg("scales", torch.ones(4, 3).data_ptr(), [4, 3], [3, -1], int(_C.ScalarType.float32), 48)
     with pytest.raises(ValueError, match="scales"):
         _C.dequantize_rows(tensor_arg("q", q), forged, tensor_arg("out", x), 1)

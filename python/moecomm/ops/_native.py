@@ -30,8 +30,13 @@ def tensor_arg(name: str, tensor: torch.Tensor) -> _C.TensorArg:
     code = _DTYPE_CODES.get(tensor.dtype)
     if code is None:
         raise TypeError(f"{name}: dtype {tensor.dtype} is not supported by the native core")
-    nbytes = tensor.untyped_storage().nbytes() - tensor.storage_offset() * tensor.element_size()
-    return _C.TensorArg(name, tensor.data_ptr(), list(tensor.shape), list(tensor.stride()), code, nbytes)
+    return _C.TensorArg(name, tensor.data_ptr(), list(tensor.shape), list(tensor.stride()), code, storage_bytes(tensor))
+
+
+def storage_bytes(tensor: torch.Tensor) -> int:
+    """Bytes of ``tensor``'s storage from its first element to the storage's end (what the core may touch;
+    0 for an empty view whose offset lies past its storage, which torch allows)."""
+    return max(0, tensor.untyped_storage().nbytes() - tensor.storage_offset() * tensor.element_size())
 
 
 def num_threads() -> int:

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from moecomm import _C
 from moecomm.comm.transports.base import CommStepError, Transport
 from moecomm.comm.transports.torch_dist import TorchTransport, check_out
-from moecomm.ops._native import num_threads, tensor_arg
+from moecomm.ops._native import num_threads, storage_bytes, tensor_arg
 
 #: Bytes of one rank's bootstrap record: the segment name (NUL padded) and the nonce.
 _NAME_BYTES = 64
@@ -42,7 +42,7 @@ _BOOL_CODE = int(_C.ScalarType.bool)
 def _rows_as_bytes(name: str, tensor: torch.Tensor, rows: int) -> _C.TensorArg:
     """A contiguous ``tensor`` of any dtype described to the native core as ``[rows, row_bytes]`` bytes."""
     row_bytes = (tensor.numel() // rows if rows else _row_elements(tensor)) * tensor.element_size()
-    return _C.TensorArg(name, tensor.data_ptr(), [rows, row_bytes], [row_bytes, 1], _BOOL_CODE)
+    return _C.TensorArg(name, tensor.data_ptr(), [rows, row_bytes], [row_bytes, 1], _BOOL_CODE, storage_bytes(tensor))
 
 
 def _row_elements(tensor: torch.Tensor) -> int:
