@@ -7,18 +7,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from comm_workers import make_batch, run_expert
+from comm_workers import _expect_error, make_batch, run_expert
 
 from moecomm.comm import make_dispatcher
 from moecomm.config import MoECommConfig
-
-
-def _expect_error(fn: Any) -> str:
-    try:
-        fn()
-    except Exception as error:  # noqa: BLE001 - the test inspects type and message
-        return f"{type(error).__name__}: {error}"
-    return "no error"
 
 
 def _group(world_size: int) -> Any:

@@ -61,8 +61,7 @@ class CollectiveTokenExchange:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sends token rows and their ``metadata [N_send, 2K]`` int32; ``counts [R, R]`` int64 token rows (source,
         destination). Returns (``[N_in, H]`` received rows, ``[N_in, 2K]`` received metadata)."""
-        rank = self.transport.rank
-        send_splits, recv_splits = counts[rank].tolist(), counts[:, rank].tolist()
+        send_splits, recv_splits = self._splits(counts)
         rows = backend.permute(x, dest_layout, out=self._buffer("send", dest_layout.num_rows, x))
         received_metadata = self.transport.all_to_all(
             "dispatch", "routing exchange", metadata, sum(recv_splits), recv_splits, send_splits
@@ -75,12 +74,16 @@ class CollectiveTokenExchange:
 
     def return_partials(self, partial: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """Sends ``partial [N_in, H]`` rows back to their sources; returns this rank's ``[N_back, H]``."""
-        rank = self.transport.rank
-        send_splits, recv_splits = counts[rank].tolist(), counts[:, rank].tolist()
+        send_splits, recv_splits = self._splits(counts)
         return self.transport.all_to_all(
             "combine", "partial exchange", partial, sum(send_splits), send_splits, recv_splits,
             out=self._buffer("send", sum(send_splits), partial),
         )
+
+    def _splits(self, counts: torch.Tensor) -> tuple[list[int], list[int]]:
+        """Token rows this rank sends to / receives from each rank, from ``counts [R, R]`` (source, destination)."""
+        rank = self.transport.rank
+        return counts[rank].tolist(), counts[:, rank].tolist()
 
     def _buffer(self, name: str, rows: int, like: torch.Tensor) -> torch.Tensor:
         return self.workspace.buffer(name, (rows, *like.shape[1:]), like.dtype, like.device)
