@@ -26,10 +26,21 @@ CONFIG = KernelBenchConfig(
     dtype=os.environ.get("MOECOMM_BENCH_DTYPE", "bf16"),
 )
 CASE_NAMES = [
-    "route_layout/native", "route_layout/reference", "select_kept/native", "select_kept/reference",
-    "select_kept/megatron", "memcpy/prealloc", "memcpy/alloc", "permute/native", "permute/native-out",
+    "route_layout/native",
+    "route_layout/reference",
+    "select_kept/native",
+    "select_kept/reference",
+    "select_kept/megatron",
+    "memcpy/prealloc",
+    "memcpy/alloc",
+    "permute/native",
+    "permute/native-out",
     "permute/reference",
-    "permute/megatron", "unpermute/native", "unpermute/native-out", "unpermute/reference", "unpermute/megatron",
+    "permute/megatron",
+    "unpermute/native",
+    "unpermute/native-out",
+    "unpermute/reference",
+    "unpermute/megatron",
 ]
 
 

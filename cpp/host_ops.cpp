@@ -24,14 +24,22 @@ std::string pair_string(int64_t flat, int64_t top_k) {
 
 std::string dtype_name(int dtype) {
   switch (dtype) {
-    case kF32: return "float32";
-    case kF16: return "float16";
-    case kBF16: return "bfloat16";
-    case kI32: return "int32";
-    case kI64: return "int64";
-    case kBool: return "bool";
-    case kI8: return "int8";
-    case kF8E4M3: return "float8_e4m3fn";
+    case kF32:
+      return "float32";
+    case kF16:
+      return "float16";
+    case kBF16:
+      return "bfloat16";
+    case kI32:
+      return "int32";
+    case kI64:
+      return "int64";
+    case kBool:
+      return "bool";
+    case kI8:
+      return "int8";
+    case kF8E4M3:
+      return "float8_e4m3fn";
   }
   return "unknown dtype code " + std::to_string(dtype);
 }
@@ -93,7 +101,8 @@ int64_t check_extent(const TensorArg& t) {
   // Offset of the last addressed element, and the end of its bytes, without int64 overflow.
   int64_t last = 0, term = 0, end_bytes = 0;
   for (size_t d = 0; d < t.shape.size(); ++d) {
-    if (__builtin_mul_overflow(t.shape[d] - 1, t.strides[d], &term) || __builtin_add_overflow(last, term, &last)) {
+    if (__builtin_mul_overflow(t.shape[d] - 1, t.strides[d], &term) ||
+        __builtin_add_overflow(last, term, &last)) {
       fail(t, "shape " + shape_string(t.shape) + " with strides " + shape_string(t.strides) +
                   " addresses elements past 2**63");
     }
@@ -135,13 +144,15 @@ namespace {
 void check_topk_ids(const TensorArg& topk_ids, int64_t num_experts) {
   check_tensor(topk_ids, 2, {kI32, kI64});
   check_contiguous(topk_ids);
-  if (num_experts <= 0) throw std::invalid_argument("num_experts: expected > 0, got " + std::to_string(num_experts));
+  if (num_experts <= 0)
+    throw std::invalid_argument("num_experts: expected > 0, got " + std::to_string(num_experts));
 }
 
 // Calls fn(typed ids pointer) for int32 or int64 ids; raises naming the first id outside [0, E).
 template <typename Fn>
 void run_on_ids(const TensorArg& topk_ids, int64_t num_experts, Fn&& fn) {
-  const int64_t bad = topk_ids.dtype == kI32 ? fn(topk_ids.ptr<const int32_t>()) : fn(topk_ids.ptr<const int64_t>());
+  const int64_t bad =
+      topk_ids.dtype == kI32 ? fn(topk_ids.ptr<const int32_t>()) : fn(topk_ids.ptr<const int64_t>());
   if (bad != cpu::kOk) {
     fail(topk_ids, "expert id at " + pair_string(bad, topk_ids.size(1)) + " is outside [0, " +
                        std::to_string(num_experts) + ")");
@@ -160,15 +171,16 @@ void check_rows(const TensorArg& row_of_pair, int64_t bad, int64_t num_rows) {
   }
   const int64_t row = row_of_pair.ptr<const int64_t>()[bad];
   const std::string at = "row_of_pair" + pair_string(bad, K) + " = " + std::to_string(row);
-  if (row < -1 || row >= num_rows) fail(row_of_pair, at + " is outside [-1, " + std::to_string(num_rows) + ")");
-  fail(row_of_pair, at + " repeats a row of an earlier pair: every row in " + rows + " must be used exactly once");
+  if (row < -1 || row >= num_rows)
+    fail(row_of_pair, at + " is outside [-1, " + std::to_string(num_rows) + ")");
+  fail(row_of_pair,
+       at + " repeats a row of an earlier pair: every row in " + rows + " must be used exactly once");
 }
 
 }  // namespace
 
-void route_layout(const TensorArg& topk_ids, int64_t num_experts,
-                  const std::optional<TensorArg>& is_kept, const TensorArg& tokens_per_expert,
-                  const TensorArg& row_of_pair, int num_threads) {
+void route_layout(const TensorArg& topk_ids, int64_t num_experts, const std::optional<TensorArg>& is_kept,
+                  const TensorArg& tokens_per_expert, const TensorArg& row_of_pair, int num_threads) {
   check_topk_ids(topk_ids, num_experts);
   const int64_t T = topk_ids.size(0), K = topk_ids.size(1);
   const bool* kept = nullptr;
@@ -209,23 +221,23 @@ void select_kept(const TensorArg& topk_ids, int64_t num_experts, int64_t experts
   });
 }
 
-void permute(const TensorArg& x, const TensorArg& row_of_pair, const TensorArg& out,
-             int num_threads) {
+void permute(const TensorArg& x, const TensorArg& row_of_pair, const TensorArg& out, int num_threads) {
   check_tensor(x, 2, {kF32, kF16, kBF16});
   check_tensor(row_of_pair, 2, {kI64});
   check_contiguous(row_of_pair);
   const int64_t T = x.size(0), H = x.size(1);
   if (row_of_pair.size(0) != T) {
-    fail(row_of_pair, "expected " + std::to_string(T) + " tokens (x has " + std::to_string(T) + "), got " + std::to_string(row_of_pair.size(0)));
+    fail(row_of_pair, "expected " + std::to_string(T) + " tokens (x has " + std::to_string(T) + "), got " +
+                          std::to_string(row_of_pair.size(0)));
   }
   check_tensor(out, 2, {x.dtype});
   check_contiguous(out);
   if (out.size(1) != H) fail(out, "expected hidden size " + std::to_string(H));
   const int64_t K = row_of_pair.size(1);
   advise_huge_pages(out);
-  const int64_t bad = cpu::permute(x.ptr<const void>(), T, H, x.stride(0), x.stride(1),
-                                   cpu::element_size(x.scalar_type()), row_of_pair.ptr<const int64_t>(),
-                                   K, out.ptr<void>(), out.size(0), num_threads);
+  const int64_t bad =
+      cpu::permute(x.ptr<const void>(), T, H, x.stride(0), x.stride(1), cpu::element_size(x.scalar_type()),
+                   row_of_pair.ptr<const int64_t>(), K, out.ptr<void>(), out.size(0), num_threads);
   check_rows(row_of_pair, bad, out.size(0));
 }
 
@@ -244,8 +256,7 @@ void unpermute(const TensorArg& y, const TensorArg& row_of_pair, const TensorArg
   check_rows(row_of_pair, bad, y.size(0));
 }
 
-void pack_padded(const TensorArg& rows, const TensorArg& counts, const TensorArg& out,
-                 int num_threads) {
+void pack_padded(const TensorArg& rows, const TensorArg& counts, const TensorArg& out, int num_threads) {
   check_tensor(rows, 2, {kF32, kF16, kBF16});
   check_tensor(counts, 1, {kI64});
   check_contiguous(counts);
@@ -253,22 +264,22 @@ void pack_padded(const TensorArg& rows, const TensorArg& counts, const TensorArg
   check_contiguous(out);
   const int64_t B = counts.size(0), H = rows.size(1);
   if (out.size(0) != B || out.size(2) != H) {
-    fail(out, "expected shape [" + std::to_string(B) + ", capacity, " + std::to_string(H) + "], got " + shape_string(out.shape));
+    fail(out, "expected shape [" + std::to_string(B) + ", capacity, " + std::to_string(H) + "], got " +
+                  shape_string(out.shape));
   }
   const int64_t capacity = out.size(1);
   advise_huge_pages(out);
-  const int64_t bad = cpu::pack_padded(rows.ptr<const void>(), rows.size(0), H, rows.stride(0),
-                                       rows.stride(1), cpu::element_size(rows.scalar_type()),
-                                       counts.ptr<const int64_t>(), B, capacity, out.ptr<void>(),
-                                       num_threads);
+  const int64_t bad =
+      cpu::pack_padded(rows.ptr<const void>(), rows.size(0), H, rows.stride(0), rows.stride(1),
+                       cpu::element_size(rows.scalar_type()), counts.ptr<const int64_t>(), B, capacity,
+                       out.ptr<void>(), num_threads);
   if (bad != cpu::kOk) {
     fail(counts, "expected every count in [0, " + std::to_string(capacity) + "] summing to the " +
                      std::to_string(rows.size(0)) + " rows (first bad bucket " + std::to_string(bad) + ")");
   }
 }
 
-void unpack_padded(const TensorArg& buffer, const TensorArg& counts, const TensorArg& out,
-                   int num_threads) {
+void unpack_padded(const TensorArg& buffer, const TensorArg& counts, const TensorArg& out, int num_threads) {
   check_tensor(buffer, 3, {kF32, kF16, kBF16});
   check_dense(counts, {kI64}, {buffer.size(0)});
   check_tensor(out, 2, {buffer.dtype});
@@ -276,27 +287,28 @@ void unpack_padded(const TensorArg& buffer, const TensorArg& counts, const Tenso
   const int64_t H = buffer.size(2);
   if (out.size(1) != H) fail(out, "expected hidden size " + std::to_string(H));
   advise_huge_pages(out);
-  const int64_t bad = cpu::unpack_padded(buffer.ptr<const void>(), buffer.size(0), buffer.size(1), H,
-                                         buffer.stride(0), buffer.stride(1), buffer.stride(2),
-                                         cpu::element_size(buffer.scalar_type()),
-                                         counts.ptr<const int64_t>(), out.ptr<void>(), out.size(0),
-                                         num_threads);
+  const int64_t bad =
+      cpu::unpack_padded(buffer.ptr<const void>(), buffer.size(0), buffer.size(1), H, buffer.stride(0),
+                         buffer.stride(1), buffer.stride(2), cpu::element_size(buffer.scalar_type()),
+                         counts.ptr<const int64_t>(), out.ptr<void>(), out.size(0), num_threads);
   if (bad != cpu::kOk) {
     fail(counts, "expected every count in [0, " + std::to_string(buffer.size(1)) + "] summing to the " +
-                     std::to_string(out.size(0)) + " output rows (first bad bucket " + std::to_string(bad) + ")");
+                     std::to_string(out.size(0)) + " output rows (first bad bucket " + std::to_string(bad) +
+                     ")");
   }
 }
 
-void regroup_blocks(const TensorArg& rows, const TensorArg& block_rows, const TensorArg& out, int num_threads) {
+void regroup_blocks(const TensorArg& rows, const TensorArg& block_rows, const TensorArg& out,
+                    int num_threads) {
   check_tensor(rows, 2, {kF32, kF16, kBF16});
   check_tensor(block_rows, 2, {kI64});
   check_contiguous(block_rows);
   check_dense(out, {rows.dtype}, rows.shape);
   advise_huge_pages(out);
-  const int64_t bad = cpu::regroup_blocks(rows.ptr<const void>(), rows.size(0), rows.size(1), rows.stride(0),
-                                          rows.stride(1), cpu::element_size(rows.scalar_type()),
-                                          block_rows.ptr<const int64_t>(), block_rows.size(0),
-                                          block_rows.size(1), out.ptr<void>(), num_threads);
+  const int64_t bad =
+      cpu::regroup_blocks(rows.ptr<const void>(), rows.size(0), rows.size(1), rows.stride(0), rows.stride(1),
+                          cpu::element_size(rows.scalar_type()), block_rows.ptr<const int64_t>(),
+                          block_rows.size(0), block_rows.size(1), out.ptr<void>(), num_threads);
   if (bad != cpu::kOk) {
     fail(block_rows, "expected non-negative block sizes summing to the " + std::to_string(rows.size(0)) +
                          " rows (first bad block " + std::to_string(bad) + ")");

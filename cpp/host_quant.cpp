@@ -30,7 +30,8 @@ QuantLayout quant_layout(const TensorArg& q) {
 
 std::string scale_index(int64_t flat, const QuantLayout& layout) {
   if (layout.scales_shape.size() == 1) return "[" + std::to_string(flat) + "]";
-  return "[" + std::to_string(flat / layout.scales_per_row) + ", " + std::to_string(flat % layout.scales_per_row) + "]";
+  return "[" + std::to_string(flat / layout.scales_per_row) + ", " +
+         std::to_string(flat % layout.scales_per_row) + "]";
 }
 
 [[noreturn]] void internal_error(const char* op) {
@@ -44,11 +45,12 @@ void quantize_rows(const TensorArg& x, const TensorArg& q, const TensorArg& scal
   check_dense(q, {kI8, kF8E4M3}, x.shape);
   const QuantLayout layout = quant_layout(q);
   check_dense(scales, {kF32}, layout.scales_shape);
-  const int64_t bad = cpu::quantize_rows(x.ptr<const void>(), x.scalar_type(), x.size(0), x.size(1), x.stride(0),
-                                         x.stride(1), layout.kind, layout.block_cols, layout.scales_per_row,
-                                         q.ptr<void>(), scales.ptr<float>(), num_threads);
+  const int64_t bad = cpu::quantize_rows(
+      x.ptr<const void>(), x.scalar_type(), x.size(0), x.size(1), x.stride(0), x.stride(1), layout.kind,
+      layout.block_cols, layout.scales_per_row, q.ptr<void>(), scales.ptr<float>(), num_threads);
   if (bad == cpu::kBadQuantArgs) internal_error("quantize_rows");
-  if (bad != cpu::kOk) fail(x, "row " + std::to_string(bad) + " contains inf or NaN (quantized rows must be finite)");
+  if (bad != cpu::kOk)
+    fail(x, "row " + std::to_string(bad) + " contains inf or NaN (quantized rows must be finite)");
 }
 
 void dequantize_rows(const TensorArg& q, const TensorArg& scales, const TensorArg& out, int num_threads) {
@@ -57,12 +59,13 @@ void dequantize_rows(const TensorArg& q, const TensorArg& scales, const TensorAr
   const QuantLayout layout = quant_layout(q);
   check_dense(scales, {kF32}, layout.scales_shape);
   check_dense(out, {kF32, kF16, kBF16}, q.shape);
-  const int64_t bad = cpu::dequantize_rows(q.ptr<const void>(), layout.kind, q.size(0), q.size(1),
-                                           scales.ptr<const float>(), layout.block_cols, layout.scales_per_row,
-                                           out.scalar_type(), out.ptr<void>(), num_threads);
+  const int64_t bad = cpu::dequantize_rows(
+      q.ptr<const void>(), layout.kind, q.size(0), q.size(1), scales.ptr<const float>(), layout.block_cols,
+      layout.scales_per_row, out.scalar_type(), out.ptr<void>(), num_threads);
   if (bad == cpu::kBadQuantArgs) internal_error("dequantize_rows");
   if (bad != cpu::kOk) {
-    fail(scales, "entry " + scale_index(bad, layout) + " is negative, inf or NaN (expected finite scales >= 0)");
+    fail(scales,
+         "entry " + scale_index(bad, layout) + " is negative, inf or NaN (expected finite scales >= 0)");
   }
 }
 

@@ -1,11 +1,11 @@
-// pybind11 module moecomm._C: bindings only. Checks and dispatch live in host_ops.cpp and host_quant.cpp, kernels in
-// kernels/cpu/. Every function releases the GIL while the kernel runs.
+// pybind11 module moecomm._C: bindings only. Checks and dispatch live in host_ops.cpp and host_quant.cpp,
+// kernels in kernels/cpu/. Every function releases the GIL while the kernel runs.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include "host_ops.h"
-#include "shm_host.h"
 #include "host_quant.h"
+#include "shm_host.h"
 
 namespace py = pybind11;
 using moecomm::host::TensorArg;
@@ -38,20 +38,22 @@ PYBIND11_MODULE(_C, m) {
 
   const auto release = py::call_guard<py::gil_scoped_release>();
   m.def("route_layout", &moecomm::host::route_layout, py::arg("topk_ids"), py::arg("num_experts"),
-        py::arg("is_kept"), py::arg("tokens_per_expert"), py::arg("row_of_pair"), py::arg("num_threads"), release);
+        py::arg("is_kept"), py::arg("tokens_per_expert"), py::arg("row_of_pair"), py::arg("num_threads"),
+        release);
   m.def("select_kept", &moecomm::host::select_kept, py::arg("topk_ids"), py::arg("num_experts"),
-        py::arg("experts_per_bucket"), py::arg("capacity"), py::arg("topk_weights"), py::arg("is_kept"), release);
+        py::arg("experts_per_bucket"), py::arg("capacity"), py::arg("topk_weights"), py::arg("is_kept"),
+        release);
   m.def("permute", &moecomm::host::permute, py::arg("x"), py::arg("row_of_pair"), py::arg("out"),
         py::arg("num_threads"), release);
-  m.def("unpermute", &moecomm::host::unpermute, py::arg("y"), py::arg("row_of_pair"),
-        py::arg("topk_weights"), py::arg("out"), py::arg("num_threads"), release);
-  m.def("regroup_blocks", &moecomm::host::regroup_blocks, py::arg("rows"), py::arg("block_rows"), py::arg("out"),
-        py::arg("num_threads"), release);
+  m.def("unpermute", &moecomm::host::unpermute, py::arg("y"), py::arg("row_of_pair"), py::arg("topk_weights"),
+        py::arg("out"), py::arg("num_threads"), release);
+  m.def("regroup_blocks", &moecomm::host::regroup_blocks, py::arg("rows"), py::arg("block_rows"),
+        py::arg("out"), py::arg("num_threads"), release);
   m.def("advise_huge_pages", &moecomm::host::advise_huge_pages, py::arg("out"), release);
   m.def("pack_padded", &moecomm::host::pack_padded, py::arg("rows"), py::arg("counts"), py::arg("out"),
         py::arg("num_threads"), release);
-  m.def("unpack_padded", &moecomm::host::unpack_padded, py::arg("buffer"), py::arg("counts"),
-        py::arg("out"), py::arg("num_threads"), release);
+  m.def("unpack_padded", &moecomm::host::unpack_padded, py::arg("buffer"), py::arg("counts"), py::arg("out"),
+        py::arg("num_threads"), release);
 
   // Shared-memory transport (kernels/cpu/shm/ through the C ABI of moecomm/shm.h; checks in shm_host.cpp).
   using moecomm::host::ShmGroupHost;
@@ -75,10 +77,10 @@ PYBIND11_MODULE(_C, m) {
       .def("barrier", &ShmGroupHost::barrier, py::arg("timeout_s"), release)
       .def("all_gather", &ShmGroupHost::all_gather, py::arg("tensor"), py::arg("out"), py::arg("num_threads"),
            py::arg("timeout_s"), release)
-      .def("all_to_all", &ShmGroupHost::all_to_all, py::arg("tensor"), py::arg("input_splits"), py::arg("out"),
-           py::arg("output_splits"), py::arg("num_threads"), py::arg("timeout_s"), release)
-      .def("reduce_scatter", &ShmGroupHost::reduce_scatter, py::arg("tensor"), py::arg("out"), py::arg("num_threads"),
-           py::arg("timeout_s"), release)
+      .def("all_to_all", &ShmGroupHost::all_to_all, py::arg("tensor"), py::arg("input_splits"),
+           py::arg("out"), py::arg("output_splits"), py::arg("num_threads"), py::arg("timeout_s"), release)
+      .def("reduce_scatter", &ShmGroupHost::reduce_scatter, py::arg("tensor"), py::arg("out"),
+           py::arg("num_threads"), py::arg("timeout_s"), release)
       .def("ensure_region", &ShmGroupHost::ensure_region, py::arg("region"), py::arg("nbytes"), release)
       .def("sync", &ShmGroupHost::sync, py::arg("timeout_s"), release)
       .def("region", &ShmGroupHost::region, py::arg("rank"), py::arg("region"), release);

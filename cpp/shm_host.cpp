@@ -14,19 +14,22 @@ void raise_on(int status, const char* err) {
 
 // Bytes of a contiguous tensor of any supported dtype.
 uint64_t checked_bytes(const TensorArg& t) {
-  check_tensor(t, t.dim(), {static_cast<int>(cpu::ScalarType::kFloat32), static_cast<int>(cpu::ScalarType::kFloat16),
-                            static_cast<int>(cpu::ScalarType::kBFloat16), static_cast<int>(cpu::ScalarType::kInt32),
-                            static_cast<int>(cpu::ScalarType::kInt64), static_cast<int>(cpu::ScalarType::kBool)});
+  check_tensor(t, t.dim(),
+               {static_cast<int>(cpu::ScalarType::kFloat32), static_cast<int>(cpu::ScalarType::kFloat16),
+                static_cast<int>(cpu::ScalarType::kBFloat16), static_cast<int>(cpu::ScalarType::kInt32),
+                static_cast<int>(cpu::ScalarType::kInt64), static_cast<int>(cpu::ScalarType::kBool)});
   check_contiguous(t);
   return static_cast<uint64_t>(t.numel()) * cpu::element_size(t.scalar_type());
 }
 
 void check_same_dtype(const TensorArg& out, const TensorArg& tensor) {
-  if (out.dtype != tensor.dtype) fail(out, "expected dtype " + dtype_name(tensor.dtype) + ", got " + dtype_name(out.dtype));
+  if (out.dtype != tensor.dtype)
+    fail(out, "expected dtype " + dtype_name(tensor.dtype) + ", got " + dtype_name(out.dtype));
 }
 
 void check_timeout(double timeout_s) {
-  if (!(timeout_s > 0)) throw std::invalid_argument("timeout_s: expected > 0, got " + std::to_string(timeout_s));
+  if (!(timeout_s > 0))
+    throw std::invalid_argument("timeout_s: expected > 0, got " + std::to_string(timeout_s));
 }
 
 // Rows of `splits` (one per rank, each >= 0) checked to sum to `rows`.
@@ -37,7 +40,8 @@ void check_splits(const char* name, const std::vector<int64_t>& splits, int worl
   }
   int64_t sum = 0;
   for (int64_t s : splits) {
-    if (s < 0) throw std::invalid_argument(std::string(name) + ": expected sizes >= 0, got " + std::to_string(s));
+    if (s < 0)
+      throw std::invalid_argument(std::string(name) + ": expected sizes >= 0, got " + std::to_string(s));
     sum += s;
   }
   if (sum != rows) {
@@ -73,7 +77,8 @@ ShmGroupHost::ShmGroupHost(int rank, int world_size, uint64_t nonce, const std::
                                 std::to_string(pointers.size()));
   }
   char err[kErrorBytes];
-  raise_on(moecomm_shm_open(rank, world_size, nonce, pointers.data(), timeout_s, &group_, err, sizeof err), err);
+  raise_on(moecomm_shm_open(rank, world_size, nonce, pointers.data(), timeout_s, &group_, err, sizeof err),
+           err);
 }
 
 void ShmGroupHost::close() {
@@ -98,14 +103,15 @@ void ShmGroupHost::barrier(double timeout_s) {
   raise_on(moecomm_shm_barrier(handle(), timeout_s, err, sizeof err), err);
 }
 
-void ShmGroupHost::all_gather(const TensorArg& tensor, const TensorArg& out, int num_threads, double timeout_s) {
+void ShmGroupHost::all_gather(const TensorArg& tensor, const TensorArg& out, int num_threads,
+                              double timeout_s) {
   check_timeout(timeout_s);
   const uint64_t nbytes = checked_bytes(tensor);
   const uint64_t out_bytes = checked_bytes(out);
   check_same_dtype(out, tensor);
   if (out_bytes != nbytes * static_cast<uint64_t>(world_)) {
-    fail(out, "expected " + std::to_string(world_) + " x " + std::to_string(tensor.numel()) + " elements, got " +
-                  std::to_string(out.numel()));
+    fail(out, "expected " + std::to_string(world_) + " x " + std::to_string(tensor.numel()) +
+                  " elements, got " + std::to_string(out.numel()));
   }
   char err[kErrorBytes];
   raise_on(moecomm_shm_all_gather(handle(), tensor.ptr<const void>(), nbytes, out.ptr<void>(), num_threads,
@@ -114,8 +120,8 @@ void ShmGroupHost::all_gather(const TensorArg& tensor, const TensorArg& out, int
 }
 
 void ShmGroupHost::all_to_all(const TensorArg& tensor, const std::vector<int64_t>& input_splits,
-                              const TensorArg& out, const std::vector<int64_t>& output_splits, int num_threads,
-                              double timeout_s) {
+                              const TensorArg& out, const std::vector<int64_t>& output_splits,
+                              int num_threads, double timeout_s) {
   check_timeout(timeout_s);
   checked_bytes(tensor);
   checked_bytes(out);
@@ -125,7 +131,8 @@ void ShmGroupHost::all_to_all(const TensorArg& tensor, const std::vector<int64_t
   int64_t row_elems = 1;
   for (int64_t d = 1; d < tensor.dim(); ++d) {
     if (out.size(d) != tensor.size(d)) {
-      fail(out, "expected trailing shape of tensor " + shape_string(tensor.shape) + ", got " + shape_string(out.shape));
+      fail(out, "expected trailing shape of tensor " + shape_string(tensor.shape) + ", got " +
+                    shape_string(out.shape));
     }
     row_elems *= tensor.size(d);
   }
@@ -143,26 +150,29 @@ void ShmGroupHost::all_to_all(const TensorArg& tensor, const std::vector<int64_t
            err);
 }
 
-void ShmGroupHost::reduce_scatter(const TensorArg& tensor, const TensorArg& out, int num_threads, double timeout_s) {
+void ShmGroupHost::reduce_scatter(const TensorArg& tensor, const TensorArg& out, int num_threads,
+                                  double timeout_s) {
   check_timeout(timeout_s);
   checked_bytes(tensor);
   checked_bytes(out);
   check_same_dtype(out, tensor);
   if (tensor.scalar_type() == cpu::ScalarType::kBool) fail(tensor, "bool tensors cannot be summed");
   if (tensor.numel() != out.numel() * world_) {
-    fail(out, "expected " + std::to_string(tensor.numel()) + " / " + std::to_string(world_) + " elements, got " +
-                  std::to_string(out.numel()));
+    fail(out, "expected " + std::to_string(tensor.numel()) + " / " + std::to_string(world_) +
+                  " elements, got " + std::to_string(out.numel()));
   }
   char err[kErrorBytes];
-  raise_on(moecomm_shm_reduce_scatter(handle(), tensor.ptr<const void>(), out.numel(), tensor.dtype, out.ptr<void>(),
-                                      num_threads, timeout_s, err, sizeof err),
+  raise_on(moecomm_shm_reduce_scatter(handle(), tensor.ptr<const void>(), out.numel(), tensor.dtype,
+                                      out.ptr<void>(), num_threads, timeout_s, err, sizeof err),
            err);
 }
 
 void ShmGroupHost::ensure_region(const std::string& region, int64_t nbytes) {
   if (nbytes < 0) throw std::invalid_argument("nbytes: expected >= 0, got " + std::to_string(nbytes));
   char err[kErrorBytes];
-  raise_on(moecomm_shm_ensure_region(handle(), region.c_str(), static_cast<uint64_t>(nbytes), err, sizeof err), err);
+  raise_on(
+      moecomm_shm_ensure_region(handle(), region.c_str(), static_cast<uint64_t>(nbytes), err, sizeof err),
+      err);
 }
 
 void ShmGroupHost::sync(double timeout_s) {
@@ -176,7 +186,8 @@ std::unique_ptr<ShmRegionBuffer> ShmGroupHost::region(int rank, const std::strin
   void* data = nullptr;
   uint64_t nbytes = 0;
   char err[kErrorBytes];
-  raise_on(moecomm_shm_region_view(handle(), rank, region.c_str(), &view, &data, &nbytes, err, sizeof err), err);
+  raise_on(moecomm_shm_region_view(handle(), rank, region.c_str(), &view, &data, &nbytes, err, sizeof err),
+           err);
   return std::make_unique<ShmRegionBuffer>(view, data, nbytes);
 }
 

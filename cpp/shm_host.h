@@ -26,7 +26,8 @@ uint64_t shm_random_nonce();
 // One counted view of a mapped region: the memory stays mapped while this object lives.
 class ShmRegionBuffer {
  public:
-  ShmRegionBuffer(moecomm_shm_view* view, void* data, uint64_t nbytes) : view_(view), data_(data), nbytes_(nbytes) {}
+  ShmRegionBuffer(moecomm_shm_view* view, void* data, uint64_t nbytes)
+      : view_(view), data_(data), nbytes_(nbytes) {}
   ~ShmRegionBuffer() { moecomm_shm_view_release(view_); }
   ShmRegionBuffer(const ShmRegionBuffer&) = delete;
   ShmRegionBuffer& operator=(const ShmRegionBuffer&) = delete;
@@ -41,7 +42,8 @@ class ShmRegionBuffer {
 
 class ShmGroupHost {
  public:
-  ShmGroupHost(int rank, int world_size, uint64_t nonce, const std::vector<std::string>& names, double timeout_s);
+  ShmGroupHost(int rank, int world_size, uint64_t nonce, const std::vector<std::string>& names,
+               double timeout_s);
   ~ShmGroupHost() { close(); }
   ShmGroupHost(const ShmGroupHost&) = delete;
   ShmGroupHost& operator=(const ShmGroupHost&) = delete;

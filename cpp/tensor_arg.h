@@ -39,7 +39,9 @@ struct TensorArg {
     return n;
   }
   template <typename T>
-  T* ptr() const { return reinterpret_cast<T*>(data); }
+  T* ptr() const {
+    return reinterpret_cast<T*>(data);
+  }
 };
 
 [[noreturn]] inline void fail(const TensorArg& t, const std::string& what) {

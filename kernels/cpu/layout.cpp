@@ -8,22 +8,29 @@ namespace moecomm::cpu {
 
 size_t element_size(ScalarType type) {
   switch (type) {
-    case ScalarType::kFloat32: return 4;
-    case ScalarType::kFloat16: return 2;
-    case ScalarType::kBFloat16: return 2;
-    case ScalarType::kInt32: return 4;
-    case ScalarType::kInt64: return 8;
-    case ScalarType::kBool: return 1;
-    case ScalarType::kInt8: return 1;
-    case ScalarType::kFloat8E4M3FN: return 1;
+    case ScalarType::kFloat32:
+      return 4;
+    case ScalarType::kFloat16:
+      return 2;
+    case ScalarType::kBFloat16:
+      return 2;
+    case ScalarType::kInt32:
+      return 4;
+    case ScalarType::kInt64:
+      return 8;
+    case ScalarType::kBool:
+      return 1;
+    case ScalarType::kInt8:
+      return 1;
+    case ScalarType::kFloat8E4M3FN:
+      return 1;
   }
   return 0;
 }
 
 template <typename Id>
 int64_t route_layout(const Id* ids, int64_t num_tokens, int64_t top_k, int64_t num_experts,
-                     const bool* is_kept, int64_t* tokens_per_expert, int64_t* row_of_pair,
-                     int num_threads) {
+                     const bool* is_kept, int64_t* tokens_per_expert, int64_t* row_of_pair, int num_threads) {
   const int64_t num_pairs = num_tokens * top_k;
   for (int64_t e = 0; e < num_experts; ++e) tokens_per_expert[e] = 0;
   // Validate every id once, before any index is used.
@@ -65,9 +72,9 @@ int64_t route_layout(const Id* ids, int64_t num_tokens, int64_t top_k, int64_t n
   return kOk;
 }
 
-template int64_t route_layout<int32_t>(const int32_t*, int64_t, int64_t, int64_t, const bool*,
-                                       int64_t*, int64_t*, int);
-template int64_t route_layout<int64_t>(const int64_t*, int64_t, int64_t, int64_t, const bool*,
-                                       int64_t*, int64_t*, int);
+template int64_t route_layout<int32_t>(const int32_t*, int64_t, int64_t, int64_t, const bool*, int64_t*,
+                                       int64_t*, int);
+template int64_t route_layout<int64_t>(const int64_t*, int64_t, int64_t, int64_t, const bool*, int64_t*,
+                                       int64_t*, int);
 
 }  // namespace moecomm::cpu

@@ -7,8 +7,8 @@
 namespace moecomm::cpu {
 
 int64_t permute(const void* x, int64_t num_tokens, int64_t hidden, int64_t x_stride_token,
-                int64_t x_stride_hidden, size_t elem_size, const int64_t* row_of_pair,
-                int64_t top_k, void* out, int64_t num_rows, int num_threads) {
+                int64_t x_stride_hidden, size_t elem_size, const int64_t* row_of_pair, int64_t top_k,
+                void* out, int64_t num_rows, int num_threads) {
   const int64_t bad = check_row_cover(row_of_pair, num_tokens * top_k, num_rows);
   if (bad != kOk) return bad;
   const char* src = static_cast<const char*>(x);

@@ -40,10 +40,17 @@ constexpr int64_t kRowsPerChunk = 4;
 template <typename Fn>
 bool visit_float_type(ScalarType type, Fn&& fn) {
   switch (type) {
-    case ScalarType::kFloat32: fn(Float32{}); return true;
-    case ScalarType::kFloat16: fn(Float16{}); return true;
-    case ScalarType::kBFloat16: fn(BFloat16{}); return true;
-    default: return false;
+    case ScalarType::kFloat32:
+      fn(Float32{});
+      return true;
+    case ScalarType::kFloat16:
+      fn(Float16{});
+      return true;
+    case ScalarType::kBFloat16:
+      fn(BFloat16{});
+      return true;
+    default:
+      return false;
   }
 }
 
@@ -51,8 +58,12 @@ bool visit_float_type(ScalarType type, Fn&& fn) {
 template <typename Fn>
 bool visit_code(QuantKind kind, Fn&& fn) {
   switch (kind) {
-    case QuantKind::kInt8: fn(Int8Code{}); return true;
-    case QuantKind::kFloat8E4M3: fn(Float8E4M3Code{}); return true;
+    case QuantKind::kInt8:
+      fn(Int8Code{});
+      return true;
+    case QuantKind::kFloat8E4M3:
+      fn(Float8E4M3Code{});
+      return true;
   }
   return false;
 }
@@ -65,7 +76,8 @@ struct Blocks {
 };
 
 // Sizes a kernel can trust: block_cols >= 1 and scales_per_row blocks cover every column.
-bool blocks_cover(int64_t num_rows, int64_t hidden, int64_t block_cols, int64_t scales_per_row, Blocks* blocks) {
+bool blocks_cover(int64_t num_rows, int64_t hidden, int64_t block_cols, int64_t scales_per_row,
+                  Blocks* blocks) {
   if (num_rows < 0 || hidden < 0 || block_cols < 1 || scales_per_row < 0) return false;
   const int64_t used = hidden / block_cols + (hidden % block_cols != 0);
   if (scales_per_row < used) return false;
@@ -84,7 +96,7 @@ uint32_t absmax_bits(const typename Type::Storage* v, int64_t n) {
 template <typename Type, typename Code>
 void quantize_block(const typename Type::Storage* v, int64_t n, float scale, typename Code::Storage* q) {
   if (scale == 0.0f) {
-    std::memset(q, 0, static_cast<size_t>(n) * sizeof(typename Code::Storage));
+    zero_bytes(reinterpret_cast<char*>(q), n * static_cast<int64_t>(sizeof(typename Code::Storage)));
     return;
   }
   for (int64_t i = 0; i < n; ++i) q[i] = Code::encode(Type::load(v[i]) / scale);
@@ -115,7 +127,8 @@ int64_t quantize_typed(const typename Type::Storage* x, int64_t num_rows, const 
   const int64_t hidden = blocks.hidden;
   const int64_t row_bytes = hidden * static_cast<int64_t>(sizeof(CodeStorage));
   const bool streaming = num_rows * row_bytes >= kStreamingOutputBytes;
-  std::vector<int64_t> first_bad(static_cast<size_t>(parallel_chunks(num_rows, num_threads, kRowsPerChunk)), kOk);
+  std::vector<int64_t> first_bad(static_cast<size_t>(parallel_chunks(num_rows, num_threads, kRowsPerChunk)),
+                                 kOk);
   parallel_for(num_rows, num_threads, kRowsPerChunk, [&](int64_t r0, int64_t r1, int64_t chunk) {
     std::vector<Storage> gathered(x_stride_hidden == 1 ? 0 : static_cast<size_t>(hidden));  // strided rows
     std::vector<CodeStorage> staged(streaming ? static_cast<size_t>(hidden) : 0);  // q row before streaming
@@ -133,7 +146,8 @@ int64_t quantize_typed(const typename Type::Storage* x, int64_t num_rows, const 
         break;
       }
       if (streaming) {
-        copy_row_streaming(reinterpret_cast<char*>(q_row), reinterpret_cast<const char*>(staged.data()), row_bytes);
+        copy_row_streaming(reinterpret_cast<char*>(q_row), reinterpret_cast<const char*>(staged.data()),
+                           row_bytes);
       }
     }
     if (streaming) streaming_fence();
@@ -145,8 +159,9 @@ int64_t quantize_typed(const typename Type::Storage* x, int64_t num_rows, const 
 }
 
 template <typename Code, typename Type>
-void dequantize_typed(const typename Code::Storage* q, int64_t num_rows, const Blocks& blocks, const float* scales,
-                      int64_t scales_per_row, typename Type::Storage* out, int num_threads) {
+void dequantize_typed(const typename Code::Storage* q, int64_t num_rows, const Blocks& blocks,
+                      const float* scales, int64_t scales_per_row, typename Type::Storage* out,
+                      int num_threads) {
   const int64_t hidden = blocks.hidden;
   parallel_for(num_rows, num_threads, kRowsPerChunk, [&](int64_t r0, int64_t r1, int64_t) {
     for (int64_t r = r0; r < r1; ++r) {

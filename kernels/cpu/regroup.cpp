@@ -8,8 +8,8 @@
 namespace moecomm::cpu {
 
 int64_t regroup_blocks(const void* rows, int64_t num_rows, int64_t hidden, int64_t stride_row,
-                       int64_t stride_hidden, size_t elem_size, const int64_t* block_rows,
-                       int64_t num_outer, int64_t num_inner, void* out, int num_threads) {
+                       int64_t stride_hidden, size_t elem_size, const int64_t* block_rows, int64_t num_outer,
+                       int64_t num_inner, void* out, int num_threads) {
   const int64_t num_blocks = num_outer * num_inner;
   // Source offsets in (outer, inner) order; validate while summing.
   std::vector<int64_t> source_first(static_cast<size_t>(num_blocks));

@@ -56,9 +56,9 @@ int64_t select_kept(const Id* ids, int64_t num_tokens, int64_t top_k, int64_t nu
   return kOk;
 }
 
-template int64_t select_kept<int32_t>(const int32_t*, int64_t, int64_t, int64_t, int64_t,
-                                      const int64_t*, const float*, bool*);
-template int64_t select_kept<int64_t>(const int64_t*, int64_t, int64_t, int64_t, int64_t,
-                                      const int64_t*, const float*, bool*);
+template int64_t select_kept<int32_t>(const int32_t*, int64_t, int64_t, int64_t, int64_t, const int64_t*,
+                                      const float*, bool*);
+template int64_t select_kept<int64_t>(const int64_t*, int64_t, int64_t, int64_t, int64_t, const int64_t*,
+                                      const float*, bool*);
 
 }  // namespace moecomm::cpu

@@ -14,8 +14,7 @@ namespace {
 template <typename Type>
 void unpermute_typed(const typename Type::Storage* y, int64_t hidden, int64_t y_stride_row,
                      int64_t y_stride_hidden, const int64_t* row_of_pair, const float* weights,
-                     int64_t num_tokens, int64_t top_k, typename Type::Storage* out,
-                     int num_threads) {
+                     int64_t num_tokens, int64_t top_k, typename Type::Storage* out, int num_threads) {
   using Storage = typename Type::Storage;
   parallel_for(num_tokens, num_threads, 8, [&](int64_t t0, int64_t t1, int64_t) {
     std::vector<float> acc(static_cast<size_t>(hidden));
@@ -41,10 +40,9 @@ void unpermute_typed(const typename Type::Storage* y, int64_t hidden, int64_t y_
 
 }  // namespace
 
-int64_t unpermute(const void* y, ScalarType type, int64_t num_rows, int64_t hidden,
-                  int64_t y_stride_row, int64_t y_stride_hidden, const int64_t* row_of_pair,
-                  const float* weights, int64_t num_tokens, int64_t top_k, void* out,
-                  int num_threads) {
+int64_t unpermute(const void* y, ScalarType type, int64_t num_rows, int64_t hidden, int64_t y_stride_row,
+                  int64_t y_stride_hidden, const int64_t* row_of_pair, const float* weights,
+                  int64_t num_tokens, int64_t top_k, void* out, int num_threads) {
   const int64_t bad = check_row_cover(row_of_pair, num_tokens * top_k, num_rows);
   if (bad != kOk) return bad;
   switch (type) {
@@ -54,14 +52,14 @@ int64_t unpermute(const void* y, ScalarType type, int64_t num_rows, int64_t hidd
                                num_threads);
       return kOk;
     case ScalarType::kBFloat16:
-      unpermute_typed<BFloat16>(static_cast<const uint16_t*>(y), hidden, y_stride_row,
-                                y_stride_hidden, row_of_pair, weights, num_tokens, top_k,
-                                static_cast<uint16_t*>(out), num_threads);
+      unpermute_typed<BFloat16>(static_cast<const uint16_t*>(y), hidden, y_stride_row, y_stride_hidden,
+                                row_of_pair, weights, num_tokens, top_k, static_cast<uint16_t*>(out),
+                                num_threads);
       return kOk;
     case ScalarType::kFloat16:
-      unpermute_typed<Float16>(static_cast<const uint16_t*>(y), hidden, y_stride_row,
-                               y_stride_hidden, row_of_pair, weights, num_tokens, top_k,
-                               static_cast<uint16_t*>(out), num_threads);
+      unpermute_typed<Float16>(static_cast<const uint16_t*>(y), hidden, y_stride_row, y_stride_hidden,
+                               row_of_pair, weights, num_tokens, top_k, static_cast<uint16_t*>(out),
+                               num_threads);
       return kOk;
     default:
       return -2;

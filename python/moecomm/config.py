@@ -66,9 +66,7 @@ class MoECommConfig:
         check_choice("kernel_backend", self.kernel_backend, names(KERNEL_BACKENDS, with_auto=True))
         object.__setattr__(self, "token_drop_ratio", check_ratio("token_drop_ratio", self.token_drop_ratio))
         if self.capacity_factor is not None:
-            object.__setattr__(
-                self, "capacity_factor", _check_positive_float("capacity_factor", self.capacity_factor)
-            )
+            object.__setattr__(self, "capacity_factor", _check_positive_float("capacity_factor", self.capacity_factor))
         check_choice("drop_policy", self.drop_policy, DROP_POLICIES)
         check_choice("drop_scope", self.drop_scope, DROP_SCOPES)
         if not isinstance(self.renormalize_kept, bool):
@@ -78,9 +76,7 @@ class MoECommConfig:
         check_non_negative_int("log_stats_every", self.log_stats_every)
         object.__setattr__(self, "timeout_s", _check_positive_float("timeout_s", self.timeout_s))
         if self.dispatcher == "alltoall" and self.max_tokens_per_rank is None:
-            raise ValueError(
-                "max_tokens_per_rank: required with dispatcher='alltoall' (it sizes the fixed buffers)"
-            )
+            raise ValueError("max_tokens_per_rank: required with dispatcher='alltoall' (it sizes the fixed buffers)")
         if self.dispatcher != "alltoall" and self.capacity_factor is not None and self.token_drop_ratio > 0:
             raise ValueError(
                 "capacity_factor: set either capacity_factor or token_drop_ratio, not both "

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from moecomm.bench.cli import build_parser, main as bench_main
+from moecomm.bench.cli import build_parser
+from moecomm.bench.cli import main as bench_main
 from moecomm.cli import main as moecomm_main
 
 BAD_FLAGS = [
@@ -67,8 +68,22 @@ def test_bench_cli_unknown_top_level_subcommand(capsys: pytest.CaptureFixture[st
 
 def test_bench_cli_good_flags_parse_to_values() -> None:
     args = build_parser().parse_args(
-        ["all", "--tokens", "64", "--ratios", "0, 0.05,0.1", "--skews", "0,1.5", "--ep-sizes", "16,64",
-         "--dispatchers", "alltoallv,torch-alltoallv", "--dtype", "fp32", "--quick"]
+        [
+            "all",
+            "--tokens",
+            "64",
+            "--ratios",
+            "0, 0.05,0.1",
+            "--skews",
+            "0,1.5",
+            "--ep-sizes",
+            "16,64",
+            "--dispatchers",
+            "alltoallv,torch-alltoallv",
+            "--dtype",
+            "fp32",
+            "--quick",
+        ]
     )
     assert args.tokens == 64
     assert args.ratios == [0.0, 0.05, 0.1]
@@ -76,8 +91,16 @@ def test_bench_cli_good_flags_parse_to_values() -> None:
     assert args.ep_sizes == [16, 64]
     assert args.dispatchers == ["alltoallv", "torch-alltoallv"]
     assert args.dtype == "fp32" and args.quick
-    args = build_parser().parse_args(["dispatch", "--transports", "torch", "--dispatchers",
-                                      "alltoallv-pairs-fresh,megatron-allgather,shm-copy", "--no-megatron"])
+    args = build_parser().parse_args(
+        [
+            "dispatch",
+            "--transports",
+            "torch",
+            "--dispatchers",
+            "alltoallv-pairs-fresh,megatron-allgather,shm-copy",
+            "--no-megatron",
+        ]
+    )
     assert args.transports == ["torch"] and args.no_megatron
     assert args.dispatchers == ["alltoallv-pairs-fresh", "megatron-allgather", "shm-copy"]
 
@@ -85,20 +108,24 @@ def test_bench_cli_good_flags_parse_to_values() -> None:
 def test_bench_cli_dispatch_flags_reach_the_config() -> None:
     from moecomm.bench.runner import dispatch_config, simulation_config
 
-    args = build_parser().parse_args(["dispatch", "--transports", "torch", "--dispatchers",
-                                      "alltoallv,megatron-alltoall,shm-copy", "--no-megatron"])
+    args = build_parser().parse_args(
+        ["dispatch", "--transports", "torch", "--dispatchers", "alltoallv,megatron-alltoall,shm-copy", "--no-megatron"]
+    )
     config = dispatch_config(args)
     assert config.transports == ("torch",) and config.dispatchers == ("alltoallv", "shm-copy")
     from moecomm import registry
 
     assert dispatch_config(build_parser().parse_args(["dispatch"])).transports == tuple(registry.TRANSPORTS)
-    args = build_parser().parse_args(["simulate", "--traffic-tokens", "99", "--traffic-skews", "0,2",
-                                      "--sim-row-cost-us", "5"])
+    args = build_parser().parse_args(
+        ["simulate", "--traffic-tokens", "99", "--traffic-skews", "0,2", "--sim-row-cost-us", "5"]
+    )
     config, _ = simulation_config(args)
     assert config.traffic_tokens == 99 and config.traffic_skews == (0.0, 2.0)
 
 
-@pytest.mark.parametrize("argv", [["layer", "--tokens", "0"], ["vllm", "--drop-ratio", "1.5"], ["layer", "--dtype", "int8"]])
+@pytest.mark.parametrize(
+    "argv", [["layer", "--tokens", "0"], ["vllm", "--drop-ratio", "1.5"], ["layer", "--dtype", "int8"]]
+)
 def test_standalone_subcommands_validate_their_flags(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench_main(argv)

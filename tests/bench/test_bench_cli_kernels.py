@@ -36,15 +36,25 @@ def test_bench_cli_kernels_ratios_are_median_quotients() -> None:
         return Timing((median * 0.9, median, median * 1.1))
 
     timings = {
-        "route_layout/native": timing(1.0), "memcpy/prealloc": timing(10.0), "memcpy/alloc": timing(30.0),
-        "permute/native": timing(20.0), "permute/reference": timing(80.0), "permute/megatron": timing(42.0),
-        "unpermute/native": timing(5.0), "unpermute/megatron": timing(100.0),
+        "route_layout/native": timing(1.0),
+        "memcpy/prealloc": timing(10.0),
+        "memcpy/alloc": timing(30.0),
+        "permute/native": timing(20.0),
+        "permute/reference": timing(80.0),
+        "permute/megatron": timing(42.0),
+        "unpermute/native": timing(5.0),
+        "unpermute/megatron": timing(100.0),
     }
     ratios = kernel_ratios(timings)
-    assert ratios["permute/native"] == pytest.approx({
-        "speedup_vs_reference": 4.0, "speedup_vs_megatron": 2.1, "bandwidth_vs_memcpy": 0.5,
-        "bandwidth_vs_memcpy_alloc": 1.5, "speedup_vs_megatron_incl_layout": 2.0,
-    })
+    assert ratios["permute/native"] == pytest.approx(
+        {
+            "speedup_vs_reference": 4.0,
+            "speedup_vs_megatron": 2.1,
+            "bandwidth_vs_memcpy": 0.5,
+            "bandwidth_vs_memcpy_alloc": 1.5,
+            "speedup_vs_megatron_incl_layout": 2.0,
+        }
+    )
     assert ratios["unpermute/native"] == pytest.approx({"speedup_vs_megatron": 20.0})
     assert "permute/reference" not in ratios
 
@@ -53,8 +63,12 @@ def test_bench_cli_kernels_quant_bandwidth_is_a_gb_per_s_quotient() -> None:
     def timing(median: float) -> Timing:
         return Timing((median * 0.9, median, median * 1.1))
 
-    timings = {"memcpy_x/prealloc": timing(2.0), "quantize_int8/native": timing(3.0),
-               "quantize_int8/reference": timing(60.0), "dequantize_fp8/native-out": timing(1.5)}
+    timings = {
+        "memcpy_x/prealloc": timing(2.0),
+        "quantize_int8/native": timing(3.0),
+        "quantize_int8/reference": timing(60.0),
+        "dequantize_fp8/native-out": timing(1.5),
+    }
     moved = {"memcpy_x": 200, "quantize_int8": 150, "dequantize_fp8": 150}
     ratios = kernel_ratios(timings, moved)
     # memcpy: 100 B/s; quantize: 50 B/s; dequantize: 100 B/s

@@ -12,7 +12,9 @@ from moecomm.testing.launch import run_local
 
 def scale_by_expert(expert_x: torch.Tensor, tokens_per_local_expert: torch.Tensor, first_expert: int) -> torch.Tensor:
     """Expert e multiplies its rows by e + 1 (rows grouped by local expert)."""
-    factors = (torch.arange(tokens_per_local_expert.numel()) + first_expert + 1).repeat_interleave(tokens_per_local_expert)
+    factors = (torch.arange(tokens_per_local_expert.numel()) + first_expert + 1).repeat_interleave(
+        tokens_per_local_expert
+    )
     return expert_x * factors.to(expert_x.dtype).unsqueeze(1)
 
 
@@ -33,7 +35,9 @@ def inputs(rank: int, num_tokens: int, hidden: int, num_experts: int, top_k: int
 
 @settings(max_examples=25, deadline=None)
 @given(num_tokens=st.integers(0, 20), hidden=st.integers(1, 9), num_experts=st.integers(1, 12), data=st.data())
-def test_bench_cli_peer_single_process_matches_dense(num_tokens: int, hidden: int, num_experts: int, data: st.DataObject) -> None:
+def test_bench_cli_peer_single_process_matches_dense(
+    num_tokens: int, hidden: int, num_experts: int, data: st.DataObject
+) -> None:
     top_k = data.draw(st.integers(1, num_experts))
     x, ids, weights = inputs(0, num_tokens, hidden, num_experts, top_k)
     peer = TorchAllToAllV(num_experts)

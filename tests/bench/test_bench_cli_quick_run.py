@@ -11,8 +11,13 @@ from pathlib import Path
 
 import pytest
 
-EXPECTED_PLOTS = ("kernels_gbps.png", "dispatch_time.png", "drop_step_time.png", "drop_output_error.png",
-                  "simulate_ep.png")
+EXPECTED_PLOTS = (
+    "kernels_gbps.png",
+    "dispatch_time.png",
+    "drop_step_time.png",
+    "drop_output_error.png",
+    "simulate_ep.png",
+)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -20,8 +25,19 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
     out = tmp_path_factory.mktemp("bench") / "results"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "moecomm.bench", "all", "--quick", "--no-progress", "--no-megatron",
-               "--out", str(out), "--timeout", "240"]
+    command = [
+        sys.executable,
+        "-m",
+        "moecomm.bench",
+        "all",
+        "--quick",
+        "--no-progress",
+        "--no-megatron",
+        "--out",
+        str(out),
+        "--timeout",
+        "240",
+    ]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     return completed, out
 

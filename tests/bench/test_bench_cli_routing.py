@@ -12,8 +12,16 @@ from moecomm.bench.timing import Timing, measure_interleaved
 
 
 @settings(max_examples=30, deadline=None)
-@given(num_tokens=st.integers(0, 50), num_experts=st.integers(1, 40), skew=st.floats(0, 3), seed=st.integers(0, 99), data=st.data())
-def test_bench_cli_routing_rows_are_distinct_valid_and_seeded(num_tokens: int, num_experts: int, skew: float, seed: int, data: st.DataObject) -> None:
+@given(
+    num_tokens=st.integers(0, 50),
+    num_experts=st.integers(1, 40),
+    skew=st.floats(0, 3),
+    seed=st.integers(0, 99),
+    data=st.data(),
+)
+def test_bench_cli_routing_rows_are_distinct_valid_and_seeded(
+    num_tokens: int, num_experts: int, skew: float, seed: int, data: st.DataObject
+) -> None:
     top_k = data.draw(st.integers(1, num_experts))
     routing = make_routing(num_tokens, num_experts, top_k, skew=skew, seed=seed)
     ids, weights = routing.topk_ids, routing.topk_weights
@@ -43,8 +51,10 @@ def test_bench_cli_routing_top1_frequencies_follow_popularity(mode: str, skew: f
 
 
 def test_bench_cli_routing_skew_raises_imbalance_and_bad_args_raise() -> None:
-    loads = [load_imbalance(torch.bincount(make_routing(4000, 16, 2, skew=s).topk_ids.reshape(-1), minlength=16))
-             for s in (0.0, 1.0, 2.0)]
+    loads = [
+        load_imbalance(torch.bincount(make_routing(4000, 16, 2, skew=s).topk_ids.reshape(-1), minlength=16))
+        for s in (0.0, 1.0, 2.0)
+    ]
     assert loads[0] < loads[1] < loads[2]
     with pytest.raises(ValueError, match="skew"):
         make_routing(4, 8, 2, skew=-1.0)
@@ -64,8 +74,9 @@ def test_bench_cli_timing_interleaves_and_summarises() -> None:
         fn()  # type: ignore[operator]
         return float(next(fake_times))
 
-    timings = measure_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
-                                  repeats=3, warmup=1, timer=timer)
+    timings = measure_interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1, timer=timer
+    )
     # one call of each peer per round, warm-up round included; round r starts r cases further on
     assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]
     assert timings["a"].samples == (4.0, 5.0, 8.0) and timings["b"].samples == (3.0, 6.0, 7.0)

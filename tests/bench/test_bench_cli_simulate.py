@@ -22,14 +22,29 @@ def test_bench_cli_simulate_drop_caps_the_straggler() -> None:
 
 
 def test_bench_cli_simulate_result_carries_the_traffic_table() -> None:
-    config = SimulationConfig(ep_sizes=(2, 4), num_experts=8, top_k=2, batch=1, seq_len=64, skews=(0.0,),
-                              ratios=(0.0, 0.1), steps=1, traffic_tokens=64, traffic_skews=(0.0, 1.0),
-                              traffic_ep_sizes=(2, 16))
+    config = SimulationConfig(
+        ep_sizes=(2, 4),
+        num_experts=8,
+        top_k=2,
+        batch=1,
+        seq_len=64,
+        skews=(0.0,),
+        ratios=(0.0, 0.1),
+        steps=1,
+        traffic_tokens=64,
+        traffic_skews=(0.0, 1.0),
+        traffic_ep_sizes=(2, 16),
+    )
     result = run_simulation(config, progress=False)
     traffic = result["traffic"]["records"]
     # Mixtral (E=8) has no EP16 row; Qwen3 and DeepSeek-V3 have both; two skews each
     assert sorted((r["model"], r["ep_size"]) for r in traffic if r["skew"] == 0.0) == [
-        ("DeepSeek-V3", 2), ("DeepSeek-V3", 16), ("Mixtral-8x7B", 2), ("Qwen3-30B-A3B", 2), ("Qwen3-30B-A3B", 16)]
+        ("DeepSeek-V3", 2),
+        ("DeepSeek-V3", 16),
+        ("Mixtral-8x7B", 2),
+        ("Qwen3-30B-A3B", 2),
+        ("Qwen3-30B-A3B", 16),
+    ]
     assert len(traffic) == 10
     assert "### Traffic per token" in result["table"] and "| DeepSeek-V3 |" in result["table"]
     assert result["config"]["traffic_skews"] == [0.0, 1.0]

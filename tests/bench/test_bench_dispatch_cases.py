@@ -4,7 +4,6 @@ whose records are checked field by field against direct computations."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from moecomm.bench import dispatch_cases
 from moecomm.bench.dispatch import DispatchBenchConfig, rank_seed, run_dispatch
@@ -15,10 +14,14 @@ from moecomm.bench.traffic import PAGE_BYTES
 
 def test_plan_names_cases_per_transport_and_skips_with_notes(monkeypatch: pytest.MonkeyPatch) -> None:
     cases, notes = plan_cases(("alltoallv", "alltoallv-pairs-fresh", "torch-alltoallv", "shm-copy"), ("torch", "shm"))
-    assert cases == [("alltoallv/torch", "alltoallv", "torch"), ("alltoallv/shm", "alltoallv", "shm"),
-                     ("alltoallv-pairs-fresh/torch", "alltoallv-pairs-fresh", "torch"),
-                     ("alltoallv-pairs-fresh/shm", "alltoallv-pairs-fresh", "shm"),
-                     ("torch-alltoallv", "torch-alltoallv", None), ("shm-copy", "shm-copy", None)]
+    assert cases == [
+        ("alltoallv/torch", "alltoallv", "torch"),
+        ("alltoallv/shm", "alltoallv", "shm"),
+        ("alltoallv-pairs-fresh/torch", "alltoallv-pairs-fresh", "torch"),
+        ("alltoallv-pairs-fresh/shm", "alltoallv-pairs-fresh", "shm"),
+        ("torch-alltoallv", "torch-alltoallv", None),
+        ("shm-copy", "shm-copy", None),
+    ]
     assert notes == []
     monkeypatch.setattr(dispatch_cases, "megatron_available", lambda: False)
     cases, notes = plan_cases(("megatron-alltoall",), ("torch",))
@@ -28,8 +31,9 @@ def test_plan_names_cases_per_transport_and_skips_with_notes(monkeypatch: pytest
     assert case_name("alltoall", "shm") == "alltoall/shm" and case_name("shm-copy", "torch") == "shm-copy"
 
 
-TINY = DispatchBenchConfig(num_ranks=2, num_tokens=48, hidden=64, num_experts=8, top_k=3, dtype="bf16",
-                           repeats=2, warmup=1, timeout_s=240.0)
+TINY = DispatchBenchConfig(
+    num_ranks=2, num_tokens=48, hidden=64, num_experts=8, top_k=3, dtype="bf16", repeats=2, warmup=1, timeout_s=240.0
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +46,15 @@ def test_tiny_run_has_every_case_with_errors_against_the_dense_reference(tiny_ru
     records = {r["name"]: r for r in tiny_run["records"]}
     expected, notes = plan_cases(DISPATCHERS, TINY.transports)
     assert list(records) == [name for name, _, _ in expected] and tiny_run["notes"] == notes
-    assert {"alltoallv/torch", "alltoallv/shm", "alltoallv-pairs-fresh/torch", "alltoall/torch", "allgather/torch",
-            "torch-alltoallv", "shm-copy"} <= set(records)
+    assert {
+        "alltoallv/torch",
+        "alltoallv/shm",
+        "alltoallv-pairs-fresh/torch",
+        "alltoall/torch",
+        "allgather/torch",
+        "torch-alltoallv",
+        "shm-copy",
+    } <= set(records)
     if dispatch_cases.megatron_available():
         assert {"megatron-alltoall", "megatron-allgather"} <= set(records)
     for name, record in records.items():
@@ -56,7 +67,9 @@ def test_tiny_run_has_every_case_with_errors_against_the_dense_reference(tiny_ru
         assert len(record["minor_faults_samples"]) == TINY.repeats
         assert all(isinstance(f, int) and f >= 0 for f in record["minor_faults_samples"])
         assert record["faults_per_moved_page"] == pytest.approx(record["minor_faults_per_step"] / record["moved_pages"])
-        assert record["effective_gib_per_s"] == pytest.approx(record["bytes_must_cross_per_step"] / record["median_s"] / 2**30)
+        assert record["effective_gib_per_s"] == pytest.approx(
+            record["bytes_must_cross_per_step"] / record["median_s"] / 2**30
+        )
         for key, value in record["ratios"].items():
             peer = key.removeprefix("speedup_vs_").removeprefix("bandwidth_vs_")
             if key.startswith("speedup_vs_"):
@@ -70,8 +83,10 @@ def test_tiny_run_has_every_case_with_errors_against_the_dense_reference(tiny_ru
 
 
 def test_tiny_run_traffic_and_pages_match_the_routing(tiny_run: dict) -> None:
-    routings = [make_routing(TINY.num_tokens, TINY.num_experts, TINY.top_k, seed=rank_seed(TINY, r),
-                             popularity_seed=TINY.seed) for r in range(TINY.num_ranks)]
+    routings = [
+        make_routing(TINY.num_tokens, TINY.num_experts, TINY.top_k, seed=rank_seed(TINY, r), popularity_seed=TINY.seed)
+        for r in range(TINY.num_ranks)
+    ]
     row_bytes = TINY.hidden * 2
     pair_out, token_out, received_pairs, received_tokens = [0, 0], [0, 0], [0, 0], [0, 0]
     for source, routing in enumerate(routings):

@@ -20,8 +20,17 @@ from moecomm.bench.layer import (
     run_layer_bench,
 )
 
-TINY = LayerBenchConfig(num_tokens=16, hidden=64, intermediate=32, num_experts=8, top_k=2, drop_ratio=0.25,
-                        repeats=3, warmup=0, timeout_s=120.0)
+TINY = LayerBenchConfig(
+    num_tokens=16,
+    hidden=64,
+    intermediate=32,
+    num_experts=8,
+    top_k=2,
+    drop_ratio=0.25,
+    repeats=3,
+    warmup=0,
+    timeout_s=120.0,
+)
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "layer_forward.py"
 
 
@@ -34,18 +43,22 @@ def test_tiny_run_gives_well_formed_records_and_sane_checks() -> None:
     assert set(records) == {dropless, dropping, SINGLE_EPMOE, *hf_names}
     for name, record in records.items():
         assert record["section"] == "layer"
-        assert record["config"]["num_experts"] == TINY.num_experts and record["config"]["hf_impls"] == list(TINY.hf_impls)
+        assert record["config"]["num_experts"] == TINY.num_experts and record["config"]["hf_impls"] == list(
+            TINY.hf_impls
+        )
         assert len(record["samples_s"]) == TINY.repeats and all(s > 0 for s in record["samples_s"])
         assert record["p10_s"] <= record["median_s"] <= record["p90_s"]
         assert min(record["samples_s"]) <= record["p10_s"] and record["p90_s"] <= max(record["samples_s"])
-        expected_tokens = TINY.num_tokens if name.startswith("epmoe/ep") or name.endswith("per-rank") else 2 * TINY.num_tokens
+        expected_tokens = (
+            TINY.num_tokens if name.startswith("epmoe/ep") or name.endswith("per-rank") else 2 * TINY.num_tokens
+        )
         assert record["tokens_per_process"] == expected_tokens
         assert math.isfinite(record["max_abs_diff_vs_hf_eager_global"])
     # speedups: peer median / own median, for every transformers peer of the case's batches
     for name in (dropless, dropping):
         assert set(records[name]["ratios"]) >= {f"speedup_vs_{peer}" for peer in hf_names}
     assert set(records[SINGLE_EPMOE]["ratios"]) == {f"speedup_vs_{hf_case(i, 'global')}" for i in TINY.hf_impls}
-    for name, record in records.items():
+    for record in records.values():
         for key, value in record["ratios"].items():
             peer = records[key.removeprefix("speedup_vs_")]
             assert value == pytest.approx(peer["median_s"] / record["median_s"])
@@ -73,7 +86,7 @@ def ep_forward(rank: int, world_size: int, config: LayerBenchConfig) -> torch.Te
     from moecomm.layer.ep_moe import EPMoE
 
     layer = EPMoE.from_module(make_qwen3_block(config), dist.group.WORLD, {"dispatcher": "alltoallv"})
-    tokens = make_global_tokens(config)[rank * config.num_tokens:(rank + 1) * config.num_tokens]
+    tokens = make_global_tokens(config)[rank * config.num_tokens : (rank + 1) * config.num_tokens]
     with torch.no_grad():
         return layer(tokens)
 
@@ -111,8 +124,10 @@ def test_config_rejects_bad_values_naming_the_argument(overrides: dict, argument
         LayerBenchConfig(**overrides)
 
 
-@pytest.mark.parametrize("argv", [["--drop-ratio", "0"], ["--tokens", "-3"], ["--hf-impls", "eager,nope"],
-                                  ["--experts", "7"], ["--dtype", "int8"]])
+@pytest.mark.parametrize(
+    "argv",
+    [["--drop-ratio", "0"], ["--tokens", "-3"], ["--hf-impls", "eager,nope"], ["--experts", "7"], ["--dtype", "int8"]],
+)
 def test_script_rejects_bad_flags_with_exit_code_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     spec = importlib.util.spec_from_file_location("layer_forward_script", SCRIPT)
     script = importlib.util.module_from_spec(spec)

@@ -12,7 +12,9 @@ from moecomm.bench.traffic import StepTraffic, even_source_ranks, pages, step_ro
 from moecomm.bench.traffic_study import MODELS, MoEShape, traffic_records
 
 
-def loop_matrices(ids: torch.Tensor, num_experts: int, num_ranks: int, source: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def loop_matrices(
+    ids: torch.Tensor, num_experts: int, num_ranks: int, source: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pair and (token, destination rank) matrices, one token at a time."""
     pair = torch.zeros((num_ranks, num_ranks), dtype=torch.int64)
     token = torch.zeros((num_ranks, num_ranks), dtype=torch.int64)
@@ -26,8 +28,13 @@ def loop_matrices(ids: torch.Tensor, num_experts: int, num_ranks: int, source: l
 
 
 @settings(max_examples=40, deadline=None)
-@given(num_tokens=st.integers(0, 40), ranks_log2=st.integers(0, 3), top_k=st.integers(1, 6), seed=st.integers(0, 99),
-       repeated=st.booleans())
+@given(
+    num_tokens=st.integers(0, 40),
+    ranks_log2=st.integers(0, 3),
+    top_k=st.integers(1, 6),
+    seed=st.integers(0, 99),
+    repeated=st.booleans(),
+)
 def test_traffic_matrices_match_a_loop(num_tokens: int, ranks_log2: int, top_k: int, seed: int, repeated: bool) -> None:
     num_ranks, num_experts = 2**ranks_log2, 16
     generator = torch.Generator().manual_seed(seed)
@@ -69,15 +76,22 @@ def test_even_source_ranks_pages_and_bad_arguments() -> None:
 
 
 @settings(max_examples=25, deadline=None)
-@given(num_tokens=st.integers(0, 30), groups_log2=st.integers(1, 3), data=st.data(), skew=st.floats(0, 2),
-       seed=st.integers(0, 50))
-def test_grouped_routing_stays_inside_its_top_groups(num_tokens: int, groups_log2: int, data: st.DataObject,
-                                                     skew: float, seed: int) -> None:
+@given(
+    num_tokens=st.integers(0, 30),
+    groups_log2=st.integers(1, 3),
+    data=st.data(),
+    skew=st.floats(0, 2),
+    seed=st.integers(0, 50),
+)
+def test_grouped_routing_stays_inside_its_top_groups(
+    num_tokens: int, groups_log2: int, data: st.DataObject, skew: float, seed: int
+) -> None:
     num_groups, per_group = 2**groups_log2, 4
     top_groups = data.draw(st.integers(1, num_groups))
     top_k = data.draw(st.integers(1, top_groups * per_group))
-    routing = make_routing(num_tokens, num_groups * per_group, top_k, skew=skew, seed=seed,
-                           num_groups=num_groups, top_groups=top_groups)
+    routing = make_routing(
+        num_tokens, num_groups * per_group, top_k, skew=skew, seed=seed, num_groups=num_groups, top_groups=top_groups
+    )
     for row in routing.topk_ids.tolist():
         assert len(set(row)) == top_k
         assert len({expert // per_group for expert in row}) <= top_groups
@@ -87,7 +101,7 @@ def test_grouped_routing_picks_groups_by_their_two_best_experts() -> None:
     # Expert 0 is 50 times as popular as each other expert: with one group allowed, its group's two
     # best scores sum highest for almost every token, and both experts come from that one group.
     routing = make_routing(2000, 8, 2, mode="hot", skew=50.0, hot_expert=0, seed=3, num_groups=2, top_groups=1)
-    groups = (routing.topk_ids // 4)
+    groups = routing.topk_ids // 4
     assert bool((groups[:, 0] == groups[:, 1]).all())
     assert float((groups[:, 0] == 0).double().mean()) > 0.9
 
@@ -103,14 +117,19 @@ def test_grouped_routing_rejects_bad_groups() -> None:
 
 def test_traffic_records_cover_the_models_and_match_the_matrices() -> None:
     assert [(m.name, m.num_experts, m.top_k) for m in MODELS] == [
-        ("Mixtral-8x7B", 8, 2), ("Qwen3-30B-A3B", 128, 8), ("DeepSeek-V3", 256, 8)]
+        ("Mixtral-8x7B", 8, 2),
+        ("Qwen3-30B-A3B", 128, 8),
+        ("DeepSeek-V3", 256, 8),
+    ]
     assert (MODELS[2].num_groups, MODELS[2].top_groups) == (8, 4)
     model = MoEShape("tiny", 8, 3, hidden=16)
     records = traffic_records(50, (0.0, 1.5), seed=2, ep_sizes=(2, 4, 8, 16), models=(model,))
     assert [(r["skew"], r["ep_size"]) for r in records] == [(s, e) for s in (0.0, 1.5) for e in (2, 4, 8)]
     for record in records:
         routing = make_routing(50, 8, 3, skew=record["skew"], seed=2, popularity_seed=2)
-        pair, token = loop_matrices(routing.topk_ids, 8, record["ep_size"], even_source_ranks(50, record["ep_size"]).tolist())
+        pair, token = loop_matrices(
+            routing.topk_ids, 8, record["ep_size"], even_source_ranks(50, record["ep_size"]).tolist()
+        )
         assert record["crossing_rows_per_token_pair"] == pytest.approx(float(pair.sum() - pair.diag().sum()) / 50)
         assert record["crossing_rows_per_token_token"] == pytest.approx(float(token.sum() - token.diag().sum()) / 50)
         assert record["crossing_bytes_per_token_token"] == pytest.approx(record["crossing_rows_per_token_token"] * 32)

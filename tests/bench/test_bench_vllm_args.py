@@ -69,11 +69,21 @@ def test_config_rejects_bad_values_naming_the_argument(overrides: dict, argument
 
 @pytest.mark.parametrize(
     "argv",
-    [["--drop-ratio", "0"], ["--drop-ratio", "1.5"], ["--experts", "7"], ["--dtype", "int8"], ["--tp", "1"],
-     ["--repeats", "0"], ["--prompt-len", "abc"], ["--timeout", "-1"], ["--top-k", "64"]],
+    [
+        ["--drop-ratio", "0"],
+        ["--drop-ratio", "1.5"],
+        ["--experts", "7"],
+        ["--dtype", "int8"],
+        ["--tp", "1"],
+        ["--repeats", "0"],
+        ["--prompt-len", "abc"],
+        ["--timeout", "-1"],
+        ["--top-k", "64"],
+    ],
 )
-def test_script_rejects_bad_flags_with_exit_code_2(argv: list[str], no_engine: list,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_script_rejects_bad_flags_with_exit_code_2(
+    argv: list[str], no_engine: list, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
         load_script().main(argv)
     assert exit_info.value.code == 2
@@ -82,15 +92,57 @@ def test_script_rejects_bad_flags_with_exit_code_2(argv: list[str], no_engine: l
 
 
 def test_script_flags_reach_the_config(no_engine: list, tmp_path: Path) -> None:
-    argv = ["--hidden", "512", "--intermediate", "256", "--experts", "8", "--top-k", "2", "--layers", "1",
-            "--drop-ratio", "0.25", "--dtype", "fp32", "--prompts", "4", "--prompt-len", "100", "--repeats", "5",
-            "--warmup", "0", "--seed", "7", "--cpu-bind", "2|3", "--timeout", "99", "--log-dir", str(tmp_path),
-            "--no-progress"]
+    argv = [
+        "--hidden",
+        "512",
+        "--intermediate",
+        "256",
+        "--experts",
+        "8",
+        "--top-k",
+        "2",
+        "--layers",
+        "1",
+        "--drop-ratio",
+        "0.25",
+        "--dtype",
+        "fp32",
+        "--prompts",
+        "4",
+        "--prompt-len",
+        "100",
+        "--repeats",
+        "5",
+        "--warmup",
+        "0",
+        "--seed",
+        "7",
+        "--cpu-bind",
+        "2|3",
+        "--timeout",
+        "99",
+        "--log-dir",
+        str(tmp_path),
+        "--no-progress",
+    ]
     assert load_script().main(argv) == 0
-    (config, kwargs), = no_engine
-    assert config == VllmBenchConfig(hidden=512, intermediate=256, num_experts=8, top_k=2, num_layers=1,
-                                     drop_ratio=0.25, dtype="fp32", num_prompts=4, prompt_len=100, repeats=5,
-                                     warmup=0, seed=7, cpu_bind="2|3", timeout_s=99.0)
+    ((config, kwargs),) = no_engine
+    assert config == VllmBenchConfig(
+        hidden=512,
+        intermediate=256,
+        num_experts=8,
+        top_k=2,
+        num_layers=1,
+        drop_ratio=0.25,
+        dtype="fp32",
+        num_prompts=4,
+        prompt_len=100,
+        repeats=5,
+        warmup=0,
+        seed=7,
+        cpu_bind="2|3",
+        timeout_s=99.0,
+    )
     assert kwargs == {"model_dir": None, "log_dir": str(tmp_path), "progress": False}
 
 
@@ -121,14 +173,31 @@ def test_checkpoint_loads_into_transformers_mixtral(tmp_path: Path) -> None:
     from safetensors.torch import load_file
     from transformers import MixtralForCausalLM
 
-    config = VllmBenchConfig(hidden=64, intermediate=32, num_experts=4, top_k=2, num_layers=2, num_heads=2,
-                             head_dim=32, vocab=50, dtype="fp32")
+    config = VllmBenchConfig(
+        hidden=64,
+        intermediate=32,
+        num_experts=4,
+        top_k=2,
+        num_layers=2,
+        num_heads=2,
+        head_dim=32,
+        vocab=50,
+        dtype="fp32",
+    )
     model_dir = write_mixtral_checkpoint(str(tmp_path / "m"), config)
     model, info = MixtralForCausalLM.from_pretrained(model_dir, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     hf = model.config
-    assert (hf.hidden_size, hf.intermediate_size, hf.num_local_experts, hf.num_experts_per_tok,
-            hf.num_hidden_layers, hf.num_attention_heads, hf.head_dim, hf.vocab_size) == (64, 32, 4, 2, 2, 2, 32, 50)
+    assert (
+        hf.hidden_size,
+        hf.intermediate_size,
+        hf.num_local_experts,
+        hf.num_experts_per_tok,
+        hf.num_hidden_layers,
+        hf.num_attention_heads,
+        hf.head_dim,
+        hf.vocab_size,
+    ) == (64, 32, 4, 2, 2, 2, 32, 50)
     assert json.loads((Path(model_dir) / "config.json").read_text())["torch_dtype"] == "float32"
     weights = load_file(str(Path(model_dir) / "model.safetensors"))
     again = load_file(str(Path(write_mixtral_checkpoint(str(tmp_path / "m2"), config)) / "model.safetensors"))
@@ -155,14 +224,20 @@ def test_drop_stats_parsed_from_the_plugins_log_line() -> None:
 def test_summary_ratios_tokens_per_s_and_drop_share() -> None:
     config = VllmBenchConfig(num_prompts=2, prompt_len=10, repeats=3)
     names = list(case_settings(config))
-    line = ("moecomm drop stats (steps 1-1, 2 MoE layer calls): dropped share {s:.4f} ({d}/{t} pairs), "
-            "load per EP rank max 5 mean 4.0 (max/mean 1.250), received per rank [5, 3]")
+    line = (
+        "moecomm drop stats (steps 1-1, 2 MoE layer calls): dropped share {s:.4f} ({d}/{t} pairs), "
+        "load per EP rank max 5 mean 4.0 (max/mean 1.250), received per rank [5, 3]"
+    )
     results = {
         names[0]: ({"samples_s": [2.0, 1.0, 3.0], "startup_s": 1.0, "first_tokens": [1, 2]}, ""),
-        names[1]: ({"samples_s": [1.0, 0.5, 0.25], "startup_s": 1.0, "first_tokens": [1, 2]},
-                   line.format(s=0, d=0, t=40)),
-        names[2]: ({"samples_s": [0.25, 0.25, 0.25], "startup_s": 1.0, "first_tokens": [1, 3]},
-                   line.format(s=0.1, d=4, t=40) + "\n" + line.format(s=0.05, d=1, t=20)),
+        names[1]: (
+            {"samples_s": [1.0, 0.5, 0.25], "startup_s": 1.0, "first_tokens": [1, 2]},
+            line.format(s=0, d=0, t=40),
+        ),
+        names[2]: (
+            {"samples_s": [0.25, 0.25, 0.25], "startup_s": 1.0, "first_tokens": [1, 3]},
+            line.format(s=0.1, d=4, t=40) + "\n" + line.format(s=0.05, d=1, t=20),
+        ),
     }
     records = {r["name"]: r for r in summarise(config, results)["records"]}
     assert records[names[0]]["tokens_per_s"] == pytest.approx(20 / 2.0)

@@ -14,8 +14,9 @@ def bucket_of(ids: torch.Tensor, scope: str, num_experts: int, world_size: int) 
     return ids.long() if scope == "expert" else ids.long() // (num_experts // world_size)
 
 
-def dense_output(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, is_kept: torch.Tensor,
-                 renormalize: bool) -> torch.Tensor:
+def dense_output(
+    x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, is_kept: torch.Tensor, renormalize: bool
+) -> torch.Tensor:
     """``y[t] = sum_k kept * w'[t,k] * (ids[t,k] + 1) * x[t]`` in float64 (w' renormalised if asked)."""
     w = weights.double() * is_kept.double()
     if renormalize:
@@ -25,8 +26,9 @@ def dense_output(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, is_k
     return scale * x.double()
 
 
-def expected_expert_rows(batch: list[dict[str, torch.Tensor]], kept: list[torch.Tensor], rank: int,
-                         num_local: int) -> torch.Tensor:
+def expected_expert_rows(
+    batch: list[dict[str, torch.Tensor]], kept: list[torch.Tensor], rank: int, num_local: int
+) -> torch.Tensor:
     """Rows rank ``rank`` should receive: by local expert, then source rank, then token, then k."""
     rows = []
     for expert in range(rank * num_local, (rank + 1) * num_local):
@@ -55,8 +57,9 @@ def min_cap_for_budget(loads: list[int], budget: int) -> int:
     return cap
 
 
-def per_bucket_policy_ok(ids: torch.Tensor, weights: torch.Tensor, kept: torch.Tensor, buckets: torch.Tensor,
-                         policy: str) -> list[str]:
+def per_bucket_policy_ok(
+    ids: torch.Tensor, weights: torch.Tensor, kept: torch.Tensor, buckets: torch.Tensor, policy: str
+) -> list[str]:
     """Problems with ``policy`` on one source rank (empty list when fine), checked per bucket."""
     problems: list[str] = []
     for bucket in buckets.unique().tolist():
@@ -67,7 +70,9 @@ def per_bucket_policy_ok(ids: torch.Tensor, weights: torch.Tensor, kept: torch.T
         if policy == "probs":
             w = weights.float().flatten()[in_bucket]
             if flags.any() and (~flags).any() and float(w[~flags].max()) > float(w[flags].min()):
-                problems.append(f"bucket {bucket}: dropped weight {float(w[~flags].max())} > kept {float(w[flags].min())}")
+                problems.append(
+                    f"bucket {bucket}: dropped weight {float(w[~flags].max())} > kept {float(w[flags].min())}"
+                )
     return problems
 
 
@@ -75,12 +80,22 @@ def summarize(case: dict[str, Any]) -> str:
     """Short case id for test names."""
     cfg = case["config"]
     extra = {k: v for k, v in cfg.items() if k not in ("dispatcher", "max_tokens_per_rank")}
-    return f"{case['kind']}-{cfg['dispatcher']}-{case.get('dtype', 'float32')}-{case.get('routing', 'random')}-" \
+    return (
+        f"{case['kind']}-{cfg['dispatcher']}-{case.get('dtype', 'float32')}-{case.get('routing', 'random')}-"
         f"T{case['tokens']}-" + ",".join(f"{k}={v}" for k, v in sorted(extra.items()))
+    )
 
 
-def expected_rows_sent(dispatcher: str, batch: list[dict[str, torch.Tensor]], kept: list[torch.Tensor], rank: int,
-                       num_experts: int, world_size: int, *, token_level: bool = False) -> int:
+def expected_rows_sent(
+    dispatcher: str,
+    batch: list[dict[str, torch.Tensor]],
+    kept: list[torch.Tensor],
+    rank: int,
+    num_experts: int,
+    world_size: int,
+    *,
+    token_level: bool = False,
+) -> int:
     """Rows ``rank`` must send to other ranks in dispatch: one per kept pair to another rank (pair level), one per
     (token, other destination rank) with a kept pair (token level), or every padded token (allgather)."""
     if dispatcher == "allgather":

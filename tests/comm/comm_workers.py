@@ -46,8 +46,9 @@ def run_expert(expert_x: torch.Tensor, tokens_per_local_expert: torch.Tensor, fi
     """Expert e (global id) multiplies its rows by e + 1."""
     device = expert_x.device
     scale = torch.repeat_interleave(
-        torch.arange(first_expert + 1, first_expert + 1 + tokens_per_local_expert.numel(), dtype=torch.float32,
-                     device=device),
+        torch.arange(
+            first_expert + 1, first_expert + 1 + tokens_per_local_expert.numel(), dtype=torch.float32, device=device
+        ),
         tokens_per_local_expert.to(device),
     )
     return (expert_x.float() * scale.unsqueeze(1)).to(expert_x.dtype)
@@ -131,7 +132,6 @@ def exit_mid_step(rank: int, world_size: int, case: dict[str, Any], timeout_s: f
     start = time.monotonic()
     error = _expect_error(lambda: dispatcher.dispatch(inputs["x"], inputs["topk_ids"], inputs["topk_weights"]))
     return {"error": error, "seconds": time.monotonic() - start}
-
 
 
 def rank_identity(rank: int, world_size: int, offset: int) -> tuple[int, int, int, int]:

@@ -36,25 +36,55 @@ def collective_inputs(world_size: int, seed: int) -> list[dict[str, Any]]:
     cases: list[dict[str, Any]] = []
     for dtype in DTYPES:
         for rows in (0, 5):
-            cases.append({"op": "all_gather", "dtype": dtype, "inputs": [_values(gen, (rows, 3), dtype) for _ in range(R)]})
+            cases.append(
+                {"op": "all_gather", "dtype": dtype, "inputs": [_values(gen, (rows, 3), dtype) for _ in range(R)]}
+            )
         # uneven splits with zero-row parts: splits[s][d] rows from rank s to rank d
         splits = torch.randint(0, 4, (R, R), generator=gen)
         splits[0, R - 1] = 0
         inputs = [_values(gen, (int(splits[s].sum()), 2, 3), dtype) for s in range(R)]
         for use_out in (False, True):
-            cases.append({"op": "all_to_all", "dtype": dtype, "inputs": inputs, "splits": splits.tolist(), "out": use_out})
-        cases.append({"op": "all_to_all", "dtype": dtype, "inputs": [_values(gen, (2 * R, 4), dtype) for _ in range(R)],
-                      "splits": None, "out": False})
+            cases.append(
+                {"op": "all_to_all", "dtype": dtype, "inputs": inputs, "splits": splits.tolist(), "out": use_out}
+            )
+        cases.append(
+            {
+                "op": "all_to_all",
+                "dtype": dtype,
+                "inputs": [_values(gen, (2 * R, 4), dtype) for _ in range(R)],
+                "splits": None,
+                "out": False,
+            }
+        )
         for rows_per_rank in (0, 3):
             for use_out in (False, True):
-                cases.append({"op": "reduce_scatter", "dtype": dtype, "out": use_out,
-                              "inputs": [_values(gen, (R * rows_per_rank, 5), dtype) for _ in range(R)]})
+                cases.append(
+                    {
+                        "op": "reduce_scatter",
+                        "dtype": dtype,
+                        "out": use_out,
+                        "inputs": [_values(gen, (R * rows_per_rank, 5), dtype) for _ in range(R)],
+                    }
+                )
     # bigger than the initial 64 KiB window: the window grows between collectives
     for rows in (20_000, 70_000):
-        cases.append({"op": "all_gather", "dtype": torch.float32, "inputs": [_values(gen, (rows,), torch.float32) for _ in range(R)]})
+        cases.append(
+            {
+                "op": "all_gather",
+                "dtype": torch.float32,
+                "inputs": [_values(gen, (rows,), torch.float32) for _ in range(R)],
+            }
+        )
     big = torch.full((R, R), 9000)
-    cases.append({"op": "all_to_all", "dtype": torch.float32, "splits": big.tolist(), "out": True,
-                  "inputs": [_values(gen, (int(big[s].sum()), 4), torch.float32) for s in range(R)]})
+    cases.append(
+        {
+            "op": "all_to_all",
+            "dtype": torch.float32,
+            "splits": big.tolist(),
+            "out": True,
+            "inputs": [_values(gen, (int(big[s].sum()), 4), torch.float32) for s in range(R)],
+        }
+    )
     cases.append({"op": "barrier"})
     return cases
 

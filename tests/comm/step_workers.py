@@ -20,8 +20,9 @@ def _group(world_size: int) -> Any:
 def reuse_steps(rank: int, world_size: int, case: dict[str, Any], fresh: bool) -> dict[str, Any]:
     """Runs 4 steps; returns outputs, the workspace's arena pointers per step and whether step 1's expert_x
     still held its rows after step 2's dispatch."""
-    dispatcher = make_dispatcher(MoECommConfig.from_dict(case["config"]), case["experts"], _group(world_size),
-                                 fresh_buffers=fresh)
+    dispatcher = make_dispatcher(
+        MoECommConfig.from_dict(case["config"]), case["experts"], _group(world_size), fresh_buffers=fresh
+    )
     inputs = make_batch(case, world_size)[rank]
     outputs, pointers = [], []
     first_expert_x = None
@@ -126,5 +127,9 @@ def transport_choice(rank: int, world_size: int, transport: str, fake_other_host
     expert_x, handle = dispatcher.dispatch(x, ids, torch.rand(6, 2))
     y = dispatcher.combine(expert_x, handle)
     dispatcher.close()
-    return {"name": dispatcher.transport.name, "why": dispatcher.transport.chosen_because, "log": records,
-            "y_shape": list(y.shape)}
+    return {
+        "name": dispatcher.transport.name,
+        "why": dispatcher.transport.chosen_because,
+        "log": records,
+        "y_shape": list(y.shape),
+    }

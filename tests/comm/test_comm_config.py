@@ -12,13 +12,29 @@ from moecomm.config import MoECommConfig
 def test_comm_config_defaults_and_round_trip() -> None:
     config = MoECommConfig()
     assert config.to_dict() == {
-        "dispatcher": "alltoallv", "token_drop_ratio": 0.0, "capacity_factor": None, "drop_policy": "position",
-        "drop_scope": "rank", "renormalize_kept": False, "max_tokens_per_rank": None, "log_stats_every": 0,
-        "timeout_s": 60.0, "transport": "auto", "kernel_backend": "auto",
+        "dispatcher": "alltoallv",
+        "token_drop_ratio": 0.0,
+        "capacity_factor": None,
+        "drop_policy": "position",
+        "drop_scope": "rank",
+        "renormalize_kept": False,
+        "max_tokens_per_rank": None,
+        "log_stats_every": 0,
+        "timeout_s": 60.0,
+        "transport": "auto",
+        "kernel_backend": "auto",
     }
-    custom = MoECommConfig(dispatcher="alltoall", token_drop_ratio=0.1, capacity_factor=1.25, drop_policy="probs",
-                           drop_scope="expert", renormalize_kept=True, max_tokens_per_rank=64, log_stats_every=5,
-                           timeout_s=3)
+    custom = MoECommConfig(
+        dispatcher="alltoall",
+        token_drop_ratio=0.1,
+        capacity_factor=1.25,
+        drop_policy="probs",
+        drop_scope="expert",
+        renormalize_kept=True,
+        max_tokens_per_rank=64,
+        log_stats_every=5,
+        timeout_s=3,
+    )
     assert MoECommConfig.from_dict(custom.to_dict()) == custom
     assert MoECommConfig.from_dict(None) == config
 

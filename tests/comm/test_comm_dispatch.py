@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import torch
 from comm_reference import (
-    expected_rows_sent,
     bucket_of,
     dense_output,
     drop_budget,
     expected_expert_rows,
+    expected_rows_sent,
     min_cap_for_budget,
     per_bucket_policy_ok,
     summarize,
@@ -33,8 +33,16 @@ def _case(dispatcher: str, tokens: list[int], seed: int, kind: str = "roundtrip"
     config = {"dispatcher": dispatcher, **options.pop("config", {})}
     if dispatcher == "alltoall":
         config.setdefault("max_tokens_per_rank", max(max(tokens), 1) + 3)
-    return {"kind": kind, "config": config, "tokens": tokens, "seed": seed, "hidden": 8, "experts": 8, "top_k": 2,
-            **options}
+    return {
+        "kind": kind,
+        "config": config,
+        "tokens": tokens,
+        "seed": seed,
+        "hidden": 8,
+        "experts": 8,
+        "top_k": 2,
+        **options,
+    }
 
 
 def _cases(world_size: int) -> list[dict[str, Any]]:
@@ -53,10 +61,25 @@ def _base_cases(world_size: int) -> list[dict[str, Any]]:
         cases.append(_case(name, tokens, seed, steps=2))  # dropless fp32, a rank with T = 0
         cases.append(_case(name, [t + 4 for t in tokens], seed + 10, dtype="bfloat16"))
         cases.append(_case(name, tokens, seed + 20, routing="one_rank"))
-        cases.append(_case(name, [16] * world_size, seed + 30, routing="skew",
-                           config={"token_drop_ratio": 0.2, "drop_scope": "rank", "drop_policy": "position"}))
-        cases.append(_case(name, [17] * world_size, seed + 40, routing="skew", random_weights=True,
-                           config={"token_drop_ratio": 0.3, "drop_scope": "expert", "drop_policy": "probs"}))
+        cases.append(
+            _case(
+                name,
+                [16] * world_size,
+                seed + 30,
+                routing="skew",
+                config={"token_drop_ratio": 0.2, "drop_scope": "rank", "drop_policy": "position"},
+            )
+        )
+        cases.append(
+            _case(
+                name,
+                [17] * world_size,
+                seed + 40,
+                routing="skew",
+                random_weights=True,
+                config={"token_drop_ratio": 0.3, "drop_scope": "expert", "drop_policy": "probs"},
+            )
+        )
     if world_size == 1:
         return cases
     mixed = {2: [30, 12], 4: [30, 12, 0, 19]}[world_size]
@@ -65,8 +88,14 @@ def _base_cases(world_size: int) -> list[dict[str, Any]]:
         _case("alltoallv", mixed, 51, random_weights=True, config={"capacity_factor": 0.75, "drop_policy": "probs"}),
         _case("allgather", mixed, 52, config={"capacity_factor": 1.0, "drop_policy": "position"}),
         _case("alltoall", mixed, 53, config={"capacity_factor": 0.6}),
-        _case("alltoall", mixed, 54, routing="skew", dtype="bfloat16",
-              config={"capacity_factor": 1.5, "token_drop_ratio": 0.15, "drop_scope": "expert"}),
+        _case(
+            "alltoall",
+            mixed,
+            54,
+            routing="skew",
+            dtype="bfloat16",
+            config={"capacity_factor": 1.5, "token_drop_ratio": 0.15, "drop_scope": "expert"},
+        ),
         _case("alltoallv", mixed, 55, kind="config_mismatch"),
         _case("alltoall", [t + 1 for t in mixed], 56, kind="bad_inputs"),
         _case("allgather", mixed, 57, kind="bad_inputs"),
@@ -131,15 +160,22 @@ def _check_roundtrip(case: dict[str, Any], world_size: int, results: list[dict[s
         {"cap"} if scope == "expert" and "token_drop_ratio" not in config else set()
     )
     for other in stats[1:]:
-        assert {k: v for k, v in other.items() if k not in local_keys} == \
-            {k: v for k, v in stats[0].items() if k not in local_keys}
+        assert {k: v for k, v in other.items() if k not in local_keys} == {
+            k: v for k, v in stats[0].items() if k not in local_keys
+        }
     total = sum(b["topk_ids"].numel() for b in batch)
     dropped = sum(int((~k).sum()) for k in kept)
     assert stats[0]["total_pairs"] == total and stats[0]["dropped_pairs"] == dropped
     for rank in range(world_size):
         assert stats[rank]["local_dropped_pairs"] == int((~kept[rank]).sum())
         assert stats[rank]["rows_sent"] == expected_rows_sent(
-            config["dispatcher"], batch, kept, rank, experts, world_size, token_level=config["dispatcher"] == "alltoallv"
+            config["dispatcher"],
+            batch,
+            kept,
+            rank,
+            experts,
+            world_size,
+            token_level=config["dispatcher"] == "alltoallv",
         )
     all_ids = torch.cat([b["topk_ids"] for b in batch])
     all_kept = torch.cat(kept)
@@ -156,13 +192,14 @@ def _check_roundtrip(case: dict[str, Any], world_size: int, results: list[dict[s
 
     ratio = config.get("token_drop_ratio", 0.0)
     if ratio > 0:
-        loads = torch.bincount(bucket_of(all_ids.flatten(), scope, experts, world_size),
-                               minlength=experts if scope == "expert" else world_size)
+        loads = torch.bincount(
+            bucket_of(all_ids.flatten(), scope, experts, world_size),
+            minlength=experts if scope == "expert" else world_size,
+        )
         budget = drop_budget(total, ratio)
         cap = min_cap_for_budget(loads.tolist(), budget)
         assert stats[0]["cap"] == cap, "the cap is not the water-filling cap"
-        kept_loads = torch.bincount(bucket_of(all_ids[all_kept], scope, experts, world_size),
-                                    minlength=loads.numel())
+        kept_loads = torch.bincount(bucket_of(all_ids[all_kept], scope, experts, world_size), minlength=loads.numel())
         assert bool((kept_loads <= cap).all()), f"a bucket holds more than C={cap}: {kept_loads.tolist()}"
         if scope == "rank":
             assert max(stats[0]["received_per_rank"]) <= cap
@@ -189,8 +226,9 @@ def _check_roundtrip(case: dict[str, Any], world_size: int, results: list[dict[s
 
         for rank, inputs in enumerate(batch):
             tokens = inputs["topk_ids"].shape[0]
-            cap = get_capacity(num_tokens=tokens * top_k, num_experts=experts,
-                               capacity_factor=config["capacity_factor"])
+            cap = get_capacity(
+                num_tokens=tokens * top_k, num_experts=experts, capacity_factor=config["capacity_factor"]
+            )
             assert stats[rank]["cap"] == cap
             sent = torch.bincount(inputs["topk_ids"][kept[rank]], minlength=experts)
             wanted = torch.bincount(inputs["topk_ids"].flatten(), minlength=experts)

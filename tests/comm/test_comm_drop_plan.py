@@ -35,8 +35,9 @@ def _reference_split(keep: list[int], counts: list[list[int]]) -> list[list[int]
 
 count_matrices = st.integers(1, 4).flatmap(
     lambda sources: st.integers(1, 6).flatmap(
-        lambda buckets: st.lists(st.lists(st.integers(0, 20), min_size=buckets, max_size=buckets),
-                                 min_size=sources, max_size=sources)
+        lambda buckets: st.lists(
+            st.lists(st.integers(0, 20), min_size=buckets, max_size=buckets), min_size=sources, max_size=sources
+        )
     )
 )
 
@@ -53,8 +54,11 @@ def test_comm_split_quota_matches_largest_remainder(counts: list[list[int]], dat
 
 
 @settings(max_examples=200, deadline=None)
-@given(count_matrices.filter(lambda c: len(c[0]) % len(c) == 0), st.sampled_from([0.0, 0.05, 0.1, 0.3, 0.9]),
-       st.sampled_from(["rank", "expert"]))
+@given(
+    count_matrices.filter(lambda c: len(c[0]) % len(c) == 0),
+    st.sampled_from([0.0, 0.05, 0.1, 0.3, 0.9]),
+    st.sampled_from(["rank", "expert"]),
+)
 def test_comm_plan_ratio_caps_loads_within_budget(counts: list[list[int]], ratio: float, scope: str) -> None:
     matrix = torch.tensor(counts)
     num_ranks = len(counts)

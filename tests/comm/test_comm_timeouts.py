@@ -6,8 +6,15 @@ from step_workers import broken_after_timeout, late_setup
 
 from moecomm.testing.launch import LocalRunError, run_local
 
-CASE = {"kind": "roundtrip", "tokens": [12, 12], "seed": 5, "hidden": 8, "experts": 4, "top_k": 2,
-        "config": {"dispatcher": "alltoallv", "transport": "torch"}}
+CASE = {
+    "kind": "roundtrip",
+    "tokens": [12, 12],
+    "seed": 5,
+    "hidden": 8,
+    "experts": 4,
+    "top_k": 2,
+    "config": {"dispatcher": "alltoallv", "transport": "torch"},
+}
 
 
 def _first_rank(fn, *args):  # noqa: ANN001, ANN202

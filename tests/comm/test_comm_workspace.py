@@ -44,7 +44,7 @@ def test_comm_workspace_buffers_are_reused_and_results_unchanged(dispatcher: str
 @pytest.mark.parametrize("world_size", [1, 2])
 def test_comm_stale_handle_is_refused_on_every_rank(world_size: int) -> None:
     results = run_local(stale_handle, world_size, _case("alltoallv"), timeout_s=120.0)
-    for rank, errors in enumerate(results):
+    for _rank, errors in enumerate(results):
         assert errors["all_stale"].startswith("ValueError") and "stale handle" in errors["all_stale"], errors
         if world_size > 1:
             assert errors["one_stale"].startswith("ValueError"), errors
@@ -55,7 +55,7 @@ def test_comm_stale_handle_is_refused_on_every_rank(world_size: int) -> None:
 @pytest.mark.parametrize("dispatcher", ["alltoallv", "alltoall", "allgather"])
 def test_comm_combine_refuses_disagreeing_expert_outputs_on_every_rank(dispatcher: str) -> None:
     results = run_local(disagreeing_outputs, 2, _case(dispatcher), timeout_s=120.0)
-    for rank, errors in enumerate(results):
+    for _rank, errors in enumerate(results):
         assert errors["dtype"].startswith("ValueError") and "expert_y dtype differs" in errors["dtype"], errors
         assert "rank 0: bfloat16" not in errors["dtype"] and "rank 1: float16" in errors["dtype"], errors
         assert errors["width"].startswith("ValueError") and "hidden size differs" in errors["width"], errors

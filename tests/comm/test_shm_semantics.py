@@ -12,9 +12,9 @@ import torch
 from shm_segments import assert_no_new_segments, moecomm_segments
 from shm_workers import collective_inputs, expected_result, run_collectives
 
-from moecomm.testing.launch import run_local
 from moecomm.comm.transports.shm import ShmTransport
 from moecomm.registry import TRANSPORTS
+from moecomm.testing.launch import run_local
 
 
 def _check(results: list[list[torch.Tensor | None]], world_size: int, seed: int, transport: str) -> None:
@@ -30,7 +30,9 @@ def _check(results: list[list[torch.Tensor | None]], world_size: int, seed: int,
             assert got.dtype == want.dtype and got.shape == want.shape, f"{where}: {got.dtype}{list(got.shape)}"
             if case["op"] == "reduce_scatter" and want.dtype in (torch.float16, torch.bfloat16):
                 # a sum of R values rounded once (ours) or per addition (gloo): within R ulps
-                torch.testing.assert_close(got.float(), want.float(), rtol=world_size * 8e-3, atol=world_size * 8e-3, msg=where)
+                torch.testing.assert_close(
+                    got.float(), want.float(), rtol=world_size * 8e-3, atol=world_size * 8e-3, msg=where
+                )
             elif case["op"] == "reduce_scatter" and want.dtype == torch.float32:
                 torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6, msg=where)
             else:

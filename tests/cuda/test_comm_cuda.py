@@ -49,8 +49,9 @@ def _rank(rank: int, world_size: int, port: int, case: dict, results: dict) -> N
             dispatcher = make_dispatcher(MoECommConfig.from_dict(config), case["experts"], dist.group.WORLD)
             expert_x, handle = dispatcher.dispatch(x, ids, w)
             assert expert_x.device == device
-            y = dispatcher.combine(run_expert(expert_x, handle.tokens_per_local_expert,
-                                              dispatcher.local_experts.start), handle)
+            y = dispatcher.combine(
+                run_expert(expert_x, handle.tokens_per_local_expert, dispatcher.local_experts.start), handle
+            )
             out[name] = (y.cpu(), handle.is_kept.cpu())
         results[rank] = out
     finally:

@@ -37,12 +37,18 @@ def test_every_op_on_cuda_matches_the_native_cpu_op(dtype, seed, id_dtype):
 
     for policy in ("position", "probs"):
         for scope in ("expert", "rank"):
-            want = ops.select_kept(ids, weights, num_experts, capacity=50, scope=scope, num_ranks=num_ranks, policy=policy)
-            got = ops.select_kept(ids_d, weights_d, num_experts, capacity=50, scope=scope, num_ranks=num_ranks, policy=policy)
+            want = ops.select_kept(
+                ids, weights, num_experts, capacity=50, scope=scope, num_ranks=num_ranks, policy=policy
+            )
+            got = ops.select_kept(
+                ids_d, weights_d, num_experts, capacity=50, scope=scope, num_ranks=num_ranks, policy=policy
+            )
             assert got.device.type == "cuda" and torch.equal(got.cpu(), want)
     caps = torch.randint(0, 80, (num_experts,), generator=torch.Generator().manual_seed(seed))
     is_kept = ops.select_kept(ids, weights, num_experts, capacity=caps, policy="probs")
-    assert torch.equal(ops.select_kept(ids_d, weights_d, num_experts, capacity=caps.cuda(), policy="probs").cpu(), is_kept)
+    assert torch.equal(
+        ops.select_kept(ids_d, weights_d, num_experts, capacity=caps.cuda(), policy="probs").cpu(), is_kept
+    )
 
     for mask in (None, is_kept):
         mask_d = None if mask is None else mask.cuda()

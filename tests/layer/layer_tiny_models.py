@@ -36,25 +36,45 @@ def tiny_config(architecture: str):
         from transformers import Qwen2MoeConfig
 
         config = Qwen2MoeConfig(
-            **common, intermediate_size=40, moe_intermediate_size=16, shared_expert_intermediate_size=20,
-            num_experts=NUM_EXPERTS, norm_topk_prob=False, decoder_sparse_step=1,
+            **common,
+            intermediate_size=40,
+            moe_intermediate_size=16,
+            shared_expert_intermediate_size=20,
+            num_experts=NUM_EXPERTS,
+            norm_topk_prob=False,
+            decoder_sparse_step=1,
         )
     elif architecture == "qwen3_moe":
         from transformers import Qwen3MoeConfig
 
         config = Qwen3MoeConfig(
-            **common, intermediate_size=40, moe_intermediate_size=16, num_experts=NUM_EXPERTS,
-            norm_topk_prob=True, decoder_sparse_step=1, head_dim=8,
+            **common,
+            intermediate_size=40,
+            moe_intermediate_size=16,
+            num_experts=NUM_EXPERTS,
+            norm_topk_prob=True,
+            decoder_sparse_step=1,
+            head_dim=8,
         )
     elif architecture == "deepseek_v3":
         from transformers import DeepseekV3Config
 
         config = DeepseekV3Config(
             **{**common, "num_key_value_heads": 4},  # MLA needs as many kv heads as heads
-            intermediate_size=40, moe_intermediate_size=16, n_routed_experts=NUM_EXPERTS,
-            n_shared_experts=1, n_group=4, topk_group=2, routed_scaling_factor=2.5, norm_topk_prob=True,
-            first_k_dense_replace=1, q_lora_rank=None, kv_lora_rank=16, qk_rope_head_dim=4,
-            qk_nope_head_dim=8, v_head_dim=8,
+            intermediate_size=40,
+            moe_intermediate_size=16,
+            n_routed_experts=NUM_EXPERTS,
+            n_shared_experts=1,
+            n_group=4,
+            topk_group=2,
+            routed_scaling_factor=2.5,
+            norm_topk_prob=True,
+            first_k_dense_replace=1,
+            q_lora_rank=None,
+            kv_lora_rank=16,
+            qk_rope_head_dim=4,
+            qk_nope_head_dim=8,
+            v_head_dim=8,
         )
     else:
         raise ValueError(f"architecture: expected one of {ARCHITECTURES}, got {architecture!r}")
@@ -69,7 +89,7 @@ def tiny_model(architecture: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(architecture), dtype=torch.float32)
     with torch.no_grad():
-        for name, value in model.named_parameters():
+        for value in model.parameters():
             if value.dim() >= 2:
                 value.normal_(0.0, 0.2)
         for name, buffer in model.named_buffers():

@@ -26,8 +26,14 @@ def random_expert_weights(seed: int, num_experts: int = NUM_EXPERTS) -> tuple[to
         (dict(), dict(kernel_backend="torch")),
         (dict(renormalize=False, shared_intermediate_size=12, shared_expert_gate=True), dict(dispatcher="allgather")),
         (
-            dict(scoring="sigmoid", n_group=4, topk_group=2, use_score_correction_bias=True, routed_scaling_factor=2.5,
-                 shared_intermediate_size=8),
+            dict(
+                scoring="sigmoid",
+                n_group=4,
+                topk_group=2,
+                use_score_correction_bias=True,
+                routed_scaling_factor=2.5,
+                shared_intermediate_size=8,
+            ),
             dict(dispatcher="alltoall", max_tokens_per_rank=64),
         ),
     ],
@@ -75,14 +81,16 @@ def test_token_drop_ratio_drops_pairs_and_changes_output():
         (lambda layer: layer(torch.randn(4, HIDDEN + 1)), ValueError, r"x: expected a tensor \[\.\.\., 16\]"),
         (lambda layer: layer(torch.randn(4, HIDDEN, dtype=torch.bfloat16)), TypeError, "x: expected the layer's dtype"),
         (
-            lambda layer: layer.load_expert_weights(w13=torch.randn(NUM_EXPERTS, 2 * INTER, HIDDEN + 2),
-                                                    w2=torch.randn(NUM_EXPERTS, HIDDEN, INTER)),
+            lambda layer: layer.load_expert_weights(
+                w13=torch.randn(NUM_EXPERTS, 2 * INTER, HIDDEN + 2), w2=torch.randn(NUM_EXPERTS, HIDDEN, INTER)
+            ),
             ValueError,
             r"w13: expected the full expert tensor of shape \[8, 16, 16\]",
         ),
         (
-            lambda layer: layer.load_expert_weights(w13=torch.randn(NUM_EXPERTS, 2 * INTER, HIDDEN),
-                                                    w2=torch.randn(NUM_EXPERTS // 2, HIDDEN, INTER)),
+            lambda layer: layer.load_expert_weights(
+                w13=torch.randn(NUM_EXPERTS, 2 * INTER, HIDDEN), w2=torch.randn(NUM_EXPERTS // 2, HIDDEN, INTER)
+            ),
             ValueError,
             r"w2: expected the full expert tensor",
         ),

@@ -20,10 +20,10 @@ def reference_swiglu_experts(rows, tokens_per_expert, w13, w2):
     inter = w2.shape[2]
     start = 0
     for expert, count in enumerate(tokens_per_expert.tolist()):
-        block = rows[start:start + count].double()
+        block = rows[start : start + count].double()
         gate = block @ w13[expert, :inter].double().T
         up = block @ w13[expert, inter:].double().T
-        out[start:start + count] = (F.silu(gate) * up) @ w2[expert].double().T
+        out[start : start + count] = (F.silu(gate) * up) @ w2[expert].double().T
         start += count
     return out
 
@@ -80,8 +80,12 @@ def test_grouped_mm_is_available_and_used_on_cpu():
     ],
 )
 def test_swiglu_experts_rejects_bad_arguments(change, match):
-    args = dict(rows=torch.randn(4, 8), tokens_per_expert=torch.tensor([4, 0, 0]), w13=torch.randn(3, 12, 8),
-                w2=torch.randn(3, 8, 6))
+    args = dict(
+        rows=torch.randn(4, 8),
+        tokens_per_expert=torch.tensor([4, 0, 0]),
+        w13=torch.randn(3, 12, 8),
+        w2=torch.randn(3, 8, 6),
+    )
     args.update(change)
     with pytest.raises((ValueError, TypeError), match=match):
         swiglu_experts(**args)

@@ -11,9 +11,9 @@ import torch.distributed as dist
 from layer_tiny_models import ARCHITECTURES, NUM_EXPERTS, tiny_input_ids, tiny_model
 from torch import nn
 
-from moecomm.testing.launch import run_local
 from moecomm.integrations.transformers import SUPPORTED_BLOCKS, patch_model
 from moecomm.layer import EPMoE
+from moecomm.testing.launch import run_local
 
 ATOL = RTOL = 1e-5
 DROP_RATIO = 0.3

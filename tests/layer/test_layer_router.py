@@ -31,9 +31,17 @@ def test_router_matches_hf_block_routing(architecture, dtype):
     spec = block_spec(block)
     num_experts, hidden = spec.router.weight.shape
     router = TopKRouter(
-        hidden, num_experts, spec.top_k, scoring=spec.scoring, renormalize=spec.renormalize, n_group=spec.n_group,
-        topk_group=spec.topk_group, use_score_correction_bias=spec.use_score_correction_bias,
-        routed_scaling_factor=spec.routed_scaling_factor, fp32_logits=spec.fp32_logits, dtype=dtype,
+        hidden,
+        num_experts,
+        spec.top_k,
+        scoring=spec.scoring,
+        renormalize=spec.renormalize,
+        n_group=spec.n_group,
+        topk_group=spec.topk_group,
+        use_score_correction_bias=spec.use_score_correction_bias,
+        routed_scaling_factor=spec.routed_scaling_factor,
+        fp32_logits=spec.fp32_logits,
+        dtype=dtype,
     )
     with torch.no_grad():
         router.weight.copy_(spec.router.weight)
@@ -60,7 +68,7 @@ def reference_routing(logits, top_k, scoring, renormalize, n_group, topk_group, 
         eligible = list(range(num_experts))
         if n_group:
             size = num_experts // n_group
-            groups = [choice[g * size:(g + 1) * size] for g in range(n_group)]
+            groups = [choice[g * size : (g + 1) * size] for g in range(n_group)]
             group_score = [
                 sorted(g.tolist(), reverse=True)[:2] if bias is not None else [max(g.tolist())] for g in groups
             ]
@@ -98,8 +106,14 @@ def test_select_experts_matches_per_token_reference(
     logits = torch.randn(num_tokens, num_experts, generator=gen) * 3
     bias = torch.randn(num_experts, generator=gen) * 0.3 if use_bias else None
     ids, weights = select_experts(
-        logits, top_k, scoring=scoring, renormalize=renormalize, n_group=n_group, topk_group=topk_group,
-        score_correction_bias=bias, routed_scaling_factor=scale,
+        logits,
+        top_k,
+        scoring=scoring,
+        renormalize=renormalize,
+        n_group=n_group,
+        topk_group=topk_group,
+        score_correction_bias=bias,
+        routed_scaling_factor=scale,
     )
     ref_ids, ref_weights = reference_routing(logits, top_k, scoring, renormalize, n_group, topk_group, bias, scale)
     ids, weights = sorted_by_expert(ids, weights)

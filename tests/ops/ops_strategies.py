@@ -33,7 +33,11 @@ def routings(draw: st.DrawFn, max_tokens: int = 48) -> Routing:
     elif mode == "repeated":
         ids = torch.randint(0, num_experts, (num_tokens, 1), generator=gen).repeat(1, top_k)
     elif mode == "distinct" and top_k <= num_experts:
-        ids = torch.stack([torch.randperm(num_experts, generator=gen)[:top_k] for _ in range(num_tokens)]) if num_tokens else torch.empty((0, top_k), dtype=torch.int64)
+        ids = (
+            torch.stack([torch.randperm(num_experts, generator=gen)[:top_k] for _ in range(num_tokens)])
+            if num_tokens
+            else torch.empty((0, top_k), dtype=torch.int64)
+        )
     else:
         ids = torch.randint(0, num_experts, (num_tokens, top_k), generator=gen)
     ids = ids.to(draw(st.sampled_from([torch.int32, torch.int64])))

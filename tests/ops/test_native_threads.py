@@ -14,8 +14,9 @@ import pytest
 pytest.importorskip("resource")
 # AddressSanitizer reserves terabytes of shadow address space and aborts when an allocation fails: an
 # address-space limit tests ASan there, not moecomm (scripts/sanitize.sh preloads libasan).
-pytestmark = pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""),
-                                reason="address-space limits do not work under AddressSanitizer")
+pytestmark = pytest.mark.skipif(
+    "libasan" in os.environ.get("LD_PRELOAD", ""), reason="address-space limits do not work under AddressSanitizer"
+)
 
 PRELUDE = """
 import resource, torch
@@ -30,7 +31,9 @@ def limit_address_space(extra_bytes):
     resource.setrlimit(resource.RLIMIT_AS, (vm_bytes() + extra_bytes, resource.RLIM_INFINITY))
 """
 
-NO_THREADS = PRELUDE + """
+NO_THREADS = (
+    PRELUDE
+    + """
 import sys
 threads, extra_mib = int(sys.argv[1]), int(sys.argv[2])
 torch.set_num_threads(threads)
@@ -50,8 +53,11 @@ assert torch.equal(rows_out, want_rows)
 assert torch.allclose(tokens_out, want_tokens, rtol=1e-6, atol=1e-6)
 print("ok")
 """
+)
 
-OUT_OF_MEMORY = PRELUDE + """
+OUT_OF_MEMORY = (
+    PRELUDE
+    + """
 torch.set_num_threads(2)
 hidden = 1 << 22  # unpermute's float32 accumulator: 16 MiB per thread
 ids = torch.zeros(16, 1, dtype=torch.int64)
@@ -65,6 +71,7 @@ try:
 except MemoryError:
     print("MemoryError")
 """
+)
 
 
 def run(script: str, *args: str) -> subprocess.CompletedProcess:

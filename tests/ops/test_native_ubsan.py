@@ -62,17 +62,32 @@ def test_kernels_on_empty_tensors_are_clean_under_ubsan(tmp_path):
         pytest.skip("no C++ compiler")
     probe = tmp_path / "probe.cpp"
     probe.write_text("int main() { return 0; }\n")
-    if subprocess.run([compiler, "-fsanitize=undefined", str(probe), "-o", str(tmp_path / "probe")],
-                      capture_output=True).returncode:
+    if subprocess.run(
+        [compiler, "-fsanitize=undefined", str(probe), "-o", str(tmp_path / "probe")], capture_output=True
+    ).returncode:
         pytest.skip(f"{compiler} cannot link UBSan")
     driver = tmp_path / "driver.cpp"
     driver.write_text(DRIVER)
     binary = tmp_path / "driver"
     build = subprocess.run(
-        [compiler, "-std=c++17", "-O1", "-g", "-fsanitize=undefined", "-fno-sanitize-recover=all", "-pthread",
-         f"-I{ROOT / 'kernels' / 'include'}", f"-I{ROOT / 'kernels' / 'cpu'}", str(driver), *map(str, KERNELS),
-         "-o", str(binary)],
-        capture_output=True, text=True, timeout=600,
+        [
+            compiler,
+            "-std=c++17",
+            "-O1",
+            "-g",
+            "-fsanitize=undefined",
+            "-fno-sanitize-recover=all",
+            "-pthread",
+            f"-I{ROOT / 'kernels' / 'include'}",
+            f"-I{ROOT / 'kernels' / 'cpu'}",
+            str(driver),
+            *map(str, KERNELS),
+            "-o",
+            str(binary),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert build.returncode == 0, build.stderr[-3000:]
     done = subprocess.run([str(binary)], capture_output=True, text=True, timeout=120)

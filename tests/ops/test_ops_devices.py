@@ -12,12 +12,25 @@ import moecomm.ops._device as device_routing
 from moecomm import _C, ops
 from moecomm.ops import reference
 
-NATIVE_ENTRY_POINTS = ("route_layout", "select_kept", "permute", "unpermute", "pack_padded", "unpack_padded", "regroup_blocks")
+NATIVE_ENTRY_POINTS = (
+    "route_layout",
+    "select_kept",
+    "permute",
+    "unpermute",
+    "pack_padded",
+    "unpack_padded",
+    "regroup_blocks",
+)
 
 
 def run_every_op(impl, routing, x, capacity):
     """Runs every op of ``impl`` on one routed batch (with out= buffers too) -> dict of results."""
-    ids, weights, num_experts, num_ranks = routing.topk_ids, routing.topk_weights, routing.num_experts, routing.num_ranks
+    ids, weights, num_experts, num_ranks = (
+        routing.topk_ids,
+        routing.topk_weights,
+        routing.num_experts,
+        routing.num_ranks,
+    )
     is_kept = impl.select_kept(ids, weights, num_experts, capacity=capacity, policy="probs")
     layout = impl.route_layout(ids, num_experts, num_ranks, is_kept)
     rows = impl.permute(x, layout)
@@ -33,9 +46,17 @@ def run_every_op(impl, routing, x, capacity):
     blocks = layout.tokens_per_expert.view(num_ranks, -1)
     regrouped = impl.regroup_blocks(rows, blocks)
     return {
-        "is_kept": is_kept, "row_of_pair": layout.row_of_pair, "tokens_per_expert": layout.tokens_per_expert,
-        "tokens_per_rank": layout.tokens_per_rank, "rows": rows, "rows_out": rows_out, "combined": combined,
-        "combined_out": combined_out, "packed": packed, "unpacked": unpacked, "regrouped": regrouped,
+        "is_kept": is_kept,
+        "row_of_pair": layout.row_of_pair,
+        "tokens_per_expert": layout.tokens_per_expert,
+        "tokens_per_rank": layout.tokens_per_rank,
+        "rows": rows,
+        "rows_out": rows_out,
+        "combined": combined,
+        "combined_out": combined_out,
+        "packed": packed,
+        "unpacked": unpacked,
+        "regrouped": regrouped,
     }
 
 
@@ -49,8 +70,13 @@ def assert_same(got, want, dtype):
 
 
 @settings(max_examples=60, deadline=None)
-@given(routing=routings(), hidden=st.sampled_from([1, 4, 9]), dtype=st.sampled_from(ACTIVATION_DTYPES),
-       capacity=st.integers(0, 12), seed=st.integers(0, 1000))
+@given(
+    routing=routings(),
+    hidden=st.sampled_from([1, 4, 9]),
+    dtype=st.sampled_from(ACTIVATION_DTYPES),
+    capacity=st.integers(0, 12),
+    seed=st.integers(0, 1000),
+)
 def test_references_create_every_tensor_on_the_inputs_device(routing, hidden, dtype, capacity, seed):
     """Under ``torch.device("meta")`` any factory call without ``device=`` makes a meta tensor, which cannot
     mix with the CPU inputs: the references must pass the inputs' device everywhere, and still equal the
@@ -69,8 +95,13 @@ def refuse_native(*args, **kwargs):
 
 
 @settings(max_examples=40, deadline=None)
-@given(routing=routings(), hidden=st.sampled_from([1, 4]), dtype=st.sampled_from(ACTIVATION_DTYPES),
-       capacity=st.integers(0, 12), seed=st.integers(0, 1000))
+@given(
+    routing=routings(),
+    hidden=st.sampled_from([1, 4]),
+    dtype=st.sampled_from(ACTIVATION_DTYPES),
+    capacity=st.integers(0, 12),
+    seed=st.integers(0, 1000),
+)
 def test_public_ops_send_non_native_devices_to_the_reference(routing, hidden, dtype, capacity, seed):
     """With the CPU declared non-native and every ``_C`` op made to fail, the public ops still answer, as
     the native core does: the reference ran."""
@@ -111,7 +142,9 @@ def test_mixed_devices_are_refused_naming_the_argument(impl):
         impl.select_kept(ids, weights.to(meta), 4, capacity=1, policy="probs")
     with pytest.raises(ValueError, match="^capacity: expected a tensor on cpu"):
         impl.select_kept(ids, weights, 4, capacity=torch.ones(4, dtype=torch.int64, device=meta))
-    meta_layout = ops.RouteLayout(ids.to(meta), layout.tokens_per_expert, layout.tokens_per_rank, layout.row_of_pair, 4, 1)
+    meta_layout = ops.RouteLayout(
+        ids.to(meta), layout.tokens_per_expert, layout.tokens_per_rank, layout.row_of_pair, 4, 1
+    )
     with pytest.raises(ValueError, match="^layout: topk_ids: expected a tensor on cpu"):
         impl.permute(x, meta_layout)
     with pytest.raises(ValueError, match="^is_kept: expected a tensor on cpu"):

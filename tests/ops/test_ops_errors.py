@@ -130,9 +130,30 @@ def test_native_core_rejects_inconsistent_metadata():
     counts = torch.empty(3, dtype=torch.int64)
     rows = torch.empty(4, 2, dtype=torch.int64)
     with pytest.raises(ValueError, match="tokens_per_expert"):
-        _C.route_layout(tensor_arg("topk_ids", ids), 4, None, tensor_arg("tokens_per_expert", counts), tensor_arg("row_of_pair", rows), 1)
+        _C.route_layout(
+            tensor_arg("topk_ids", ids),
+            4,
+            None,
+            tensor_arg("tokens_per_expert", counts),
+            tensor_arg("row_of_pair", rows),
+            1,
+        )
     null_ids = _C.TensorArg("topk_ids", 0, [4, 2], [2, 1], int(_C.ScalarType.int64), 64)
     with pytest.raises(ValueError, match="topk_ids: null"):
-        _C.route_layout(null_ids, 4, None, tensor_arg("tokens_per_expert", torch.empty(4, dtype=torch.int64)), tensor_arg("row_of_pair", rows), 1)
+        _C.route_layout(
+            null_ids,
+            4,
+            None,
+            tensor_arg("tokens_per_expert", torch.empty(4, dtype=torch.int64)),
+            tensor_arg("row_of_pair", rows),
+            1,
+        )
     with pytest.raises(ValueError, match="dtype"):
-        _C.route_layout(_C.TensorArg("topk_ids", ids.data_ptr(), [4, 2], [2, 1], 42, 64), 4, None, tensor_arg("tokens_per_expert", torch.empty(4, dtype=torch.int64)), tensor_arg("row_of_pair", rows), 1)
+        _C.route_layout(
+            _C.TensorArg("topk_ids", ids.data_ptr(), [4, 2], [2, 1], 42, 64),
+            4,
+            None,
+            tensor_arg("tokens_per_expert", torch.empty(4, dtype=torch.int64)),
+            tensor_arg("row_of_pair", rows),
+            1,
+        )

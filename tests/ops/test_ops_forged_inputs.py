@@ -21,7 +21,11 @@ I64 = int(_C.ScalarType.int64)
 def layout_and_data(seed=0, num_tokens=8, top_k=2, num_experts=4):
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, num_experts, (num_tokens, top_k), generator=gen)
-    return ops.route_layout(ids, num_experts), torch.randn(num_tokens, 3, generator=gen), torch.rand(num_tokens, top_k, generator=gen)
+    return (
+        ops.route_layout(ids, num_experts),
+        torch.randn(num_tokens, 3, generator=gen),
+        torch.rand(num_tokens, top_k, generator=gen),
+    )
 
 
 # ---- forged layouts (counts that do not match row_of_pair) ---------------------------------------------
@@ -107,7 +111,9 @@ def test_row_of_pair_is_accepted_exactly_when_it_covers_every_row_once(num_rows,
 def forged(name, tensor, shape, strides, nbytes=None):
     """A TensorArg for ``tensor``'s memory that claims ``shape`` and ``strides``."""
     honest = tensor_arg(name, tensor)
-    return _C.TensorArg(name, tensor.data_ptr(), shape, strides, honest.dtype, honest.nbytes if nbytes is None else nbytes)
+    return _C.TensorArg(
+        name, tensor.data_ptr(), shape, strides, honest.dtype, honest.nbytes if nbytes is None else nbytes
+    )
 
 
 def test_tensor_arg_carries_the_bytes_from_its_first_element_to_the_storage_end():
@@ -136,32 +142,65 @@ def test_every_entry_point_rechecks_extents():
     layout, x, weights = layout_and_data()
     rows, counts, packed = torch.randn(6, 4), torch.tensor([2, 4]), torch.zeros(2, 4, 4)
     # every buffer is held in a name: a TensorArg does not own its memory
-    per_expert, row_of_pair, caps = torch.empty(4, dtype=torch.int64), torch.empty(9, 2, dtype=torch.int64), torch.ones(4, dtype=torch.int64)
+    per_expert, row_of_pair, caps = (
+        torch.empty(4, dtype=torch.int64),
+        torch.empty(9, 2, dtype=torch.int64),
+        torch.ones(4, dtype=torch.int64),
+    )
     short_mask, y, tokens = torch.empty(8, 1, dtype=torch.bool), torch.randn(16, 3), torch.empty(8, 3)
     unpacked, blocks, short_out = torch.empty(6, 4), torch.tensor([[6]]), torch.empty(5, 4)
     with pytest.raises(ValueError, match="^topk_ids: .*storage holds"):
-        _C.route_layout(forged("topk_ids", layout.topk_ids, [9, 2], [2, 1]), 4, None,
-                        tensor_arg("tokens_per_expert", per_expert), tensor_arg("row_of_pair", row_of_pair), 1)
+        _C.route_layout(
+            forged("topk_ids", layout.topk_ids, [9, 2], [2, 1]),
+            4,
+            None,
+            tensor_arg("tokens_per_expert", per_expert),
+            tensor_arg("row_of_pair", row_of_pair),
+            1,
+        )
     with pytest.raises(ValueError, match="^is_kept: .*storage holds"):
-        _C.select_kept(tensor_arg("topk_ids", layout.topk_ids), 4, 1, tensor_arg("capacity", caps), None,
-                       forged("is_kept", short_mask, [8, 2], [2, 1]))
+        _C.select_kept(
+            tensor_arg("topk_ids", layout.topk_ids),
+            4,
+            1,
+            tensor_arg("capacity", caps),
+            None,
+            forged("is_kept", short_mask, [8, 2], [2, 1]),
+        )
     with pytest.raises(ValueError, match="^topk_weights: .*storage holds"):
-        _C.unpermute(tensor_arg("y", y), tensor_arg("layout", layout.row_of_pair),
-                     forged("topk_weights", weights, [8, 2], [2, 1], nbytes=60), tensor_arg("out", tokens), 1)
+        _C.unpermute(
+            tensor_arg("y", y),
+            tensor_arg("layout", layout.row_of_pair),
+            forged("topk_weights", weights, [8, 2], [2, 1], nbytes=60),
+            tensor_arg("out", tokens),
+            1,
+        )
     with pytest.raises(ValueError, match="^rows: .*storage holds"):
         _C.pack_padded(forged("rows", rows, [6, 4], [5, 1]), tensor_arg("counts", counts), tensor_arg("out", packed), 1)
     with pytest.raises(ValueError, match="^buffer: .*storage holds"):
-        _C.unpack_padded(forged("buffer", packed, [2, 4, 4], [17, 4, 1]), tensor_arg("counts", counts),
-                         tensor_arg("out", unpacked), 1)
+        _C.unpack_padded(
+            forged("buffer", packed, [2, 4, 4], [17, 4, 1]),
+            tensor_arg("counts", counts),
+            tensor_arg("out", unpacked),
+            1,
+        )
     with pytest.raises(ValueError, match="^out: .*storage holds"):
-        _C.regroup_blocks(tensor_arg("rows", rows), tensor_arg("block_rows", blocks), forged("out", short_out, [6, 4], [4, 1]), 1)
+        _C.regroup_blocks(
+            tensor_arg("rows", rows), tensor_arg("block_rows", blocks), forged("out", short_out, [6, 4], [4, 1]), 1
+        )
     with pytest.raises(ValueError, match="^rows: .*past 2\\*\\*63"):
-        _C.regroup_blocks(forged("rows", rows, [6, 4], [2**62, 1]), tensor_arg("block_rows", blocks), tensor_arg("out", unpacked), 1)
+        _C.regroup_blocks(
+            forged("rows", rows, [6, 4], [2**62, 1]), tensor_arg("block_rows", blocks), tensor_arg("out", unpacked), 1
+        )
     with pytest.raises(ValueError, match="^out: .*storage holds"):
         _C.advise_huge_pages(forged("out", short_out, [1 << 30], [1]))
     with pytest.raises(ValueError, match="^rows: negative byte size"):
-        _C.regroup_blocks(forged("rows", rows, [6, 4], [4, 1], nbytes=-1), tensor_arg("block_rows", blocks),
-                          tensor_arg("out", unpacked), 1)
+        _C.regroup_blocks(
+            forged("rows", rows, [6, 4], [4, 1], nbytes=-1),
+            tensor_arg("block_rows", blocks),
+            tensor_arg("out", unpacked),
+            1,
+        )
 
 
 @settings(max_examples=200, deadline=None)
@@ -173,17 +212,23 @@ def test_every_entry_point_rechecks_extents():
     storage=st.integers(0, 40),
     offset=st.integers(0, 8),
 )
-def test_strided_reads_are_accepted_exactly_when_they_fit_the_storage(num_rows, hidden, stride_row, stride_hidden, storage, offset):
+def test_strided_reads_are_accepted_exactly_when_they_fit_the_storage(
+    num_rows, hidden, stride_row, stride_hidden, storage, offset
+):
     """regroup_blocks over a forged strided view: accepted iff its last element lies inside the storage,
     and then equal to torch's own as_strided view of the same memory."""
     base = torch.randn(storage)
     start = min(offset, storage)
-    view_arg = _C.TensorArg("rows", base.data_ptr() + 4 * start, [num_rows, hidden], [stride_row, stride_hidden], F32,
-                            4 * (storage - start))
+    view_arg = _C.TensorArg(
+        "rows", base.data_ptr() + 4 * start, [num_rows, hidden], [stride_row, stride_hidden], F32, 4 * (storage - start)
+    )
     out = torch.full((num_rows, hidden), float("nan"))
     fits = num_rows == 0 or hidden == 0 or start + (num_rows - 1) * stride_row + (hidden - 1) * stride_hidden < storage
     blocks = torch.tensor([[num_rows]])  # held: a TensorArg does not own its memory
-    call = lambda: _C.regroup_blocks(view_arg, tensor_arg("block_rows", blocks), tensor_arg("out", out), 1)
+
+    def call():
+        return _C.regroup_blocks(view_arg, tensor_arg("block_rows", blocks), tensor_arg("out", out), 1)
+
     if fits:
         call()
         want = base.as_strided((num_rows, hidden), (stride_row, stride_hidden), start) if num_rows and hidden else out

@@ -97,7 +97,9 @@ def test_padded_and_regroup_out_sharing_memory_is_refused(impl):
     counts_view = int_storage[:2].copy_(counts)
     with pytest.raises(ValueError, match="out: shares memory with counts"):
         impl.unpack_padded(packed, counts_view, out=int_storage.view(torch.float32)[2:26].view(6, 4))
-    assert torch.equal(impl.unpack_padded(packed, counts_view, out=int_storage.view(torch.float32)[4:28].view(6, 4)), rows)
+    assert torch.equal(
+        impl.unpack_padded(packed, counts_view, out=int_storage.view(torch.float32)[4:28].view(6, 4)), rows
+    )
 
 
 @pytest.mark.parametrize("impl", IMPLS)

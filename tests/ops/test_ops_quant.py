@@ -78,7 +78,9 @@ def test_native_matches_reference_bit_for_bit(num_rows, hidden, dtype, kind, mod
     assert torch.equal(codes(q), codes(q_ref))
     assert torch.equal(scales, scales_ref)
     for out_dtype in ACTIVATION_DTYPES:
-        assert torch.equal(ops.dequantize_rows(q, scales, kind, out_dtype), reference.dequantize_rows(q, scales, kind, out_dtype))
+        assert torch.equal(
+            ops.dequantize_rows(q, scales, kind, out_dtype), reference.dequantize_rows(q, scales, kind, out_dtype)
+        )
 
 
 @settings(max_examples=80, deadline=None)
@@ -311,14 +313,19 @@ def test_forged_tensor_args_are_rejected_by_the_core():
     with pytest.raises(ValueError, match="q"):
         _C.quantize_rows(tensor_arg("x", x), tensor_arg("q", q[:3]), tensor_arg("scales", torch.empty(3, 3)), 1)
     with pytest.raises(ValueError, match="x"):
-        _C.quantize_rows(tensor_arg("x", torch.ones(4, 300, dtype=torch.int32)), tensor_arg("q", q),
-                         tensor_arg("scales", torch.empty(4, 3)), 1)
+        _C.quantize_rows(
+            tensor_arg("x", torch.ones(4, 300, dtype=torch.int32)),
+            tensor_arg("q", q),
+            tensor_arg("scales", torch.empty(4, 3)),
+            1,
+        )
     wide = torch.empty(4, 600, dtype=torch.int8)[:, ::2]
     with pytest.raises(ValueError, match="q"):
         _C.dequantize_rows(tensor_arg("q", wide), tensor_arg("scales", torch.ones(4)), tensor_arg("out", x), 1)
     with pytest.raises(ValueError, match="out"):
-        _C.dequantize_rows(tensor_arg("q", q), tensor_arg("scales", torch.ones(4, 3)),
-                           tensor_arg("out", torch.empty(4, 299)), 1)
+        _C.dequantize_rows(
+            tensor_arg("q", q), tensor_arg("scales", torch.ones(4, 3)), tensor_arg("out", torch.empty(4, 299)), 1
+        )
     forged = _C.TensorArg("scales", torch.ones(4, 3).data_ptr(), [4, 3], [3, -1], int(_C.ScalarType.float32), 48)
     with pytest.raises(ValueError, match="scales"):
         _C.dequantize_rows(tensor_arg("q", q), forged, tensor_arg("out", x), 1)

@@ -14,7 +14,7 @@ import pytest
 if importlib.util.find_spec("vllm") is None:
     pytest.skip("vllm is not installed", allow_module_level=True)
 
-from vllm_procs import free_port, run_bounded, run_driver, server_cmd, serve_one_completion  # noqa: E402
+from vllm_procs import free_port, run_bounded, run_driver, serve_one_completion, server_cmd  # noqa: E402
 from vllm_tiny_models import prompts, write_tiny_moe  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -39,9 +39,15 @@ def runs(models, tmp_path_factory):
     def run(arch: str, tp: int, ep: bool, moecomm: dict | None = None):
         key = (arch, tp, ep, repr(moecomm))
         if key not in cache:
-            spec = {"model": models[arch], "tp": tp, "ep": ep, "prompts": prompts(),
-                    "additional_config": {"moecomm": moecomm} if moecomm is not None else {},
-                    "out": str(out_dir / f"run{len(cache)}.json"), "max_tokens": 2}
+            spec = {
+                "model": models[arch],
+                "tp": tp,
+                "ep": ep,
+                "prompts": prompts(),
+                "additional_config": {"moecomm": moecomm} if moecomm is not None else {},
+                "out": str(out_dir / f"run{len(cache)}.json"),
+                "max_tokens": 2,
+            }
             cache[key] = run_driver(spec, timeout_s=400)
         return cache[key]
 
@@ -93,8 +99,11 @@ def test_vllm_serve_answers_completion_with_drops(models):
     env = dict(os.environ, VLLM_CPU_OMP_THREADS_BIND="0|1")
     prompt = prompts(1, length=20)[0]
     response, log = serve_one_completion(
-        server_cmd(models["mixtral"], port, tp=2, additional_config=settings), port,
-        {"model": models["mixtral"], "prompt": prompt, "max_tokens": 3, "temperature": 0}, timeout_s=400, env=env,
+        server_cmd(models["mixtral"], port, tp=2, additional_config=settings),
+        port,
+        {"model": models["mixtral"], "prompt": prompt, "max_tokens": 3, "temperature": 0},
+        timeout_s=400,
+        env=env,
     )
     assert response["usage"]["prompt_tokens"] == len(prompt)
     assert response["usage"]["completion_tokens"] == 3
@@ -108,4 +117,7 @@ def test_vllm_serve_bad_additional_config_exits_with_message(models):
     cmd = server_cmd(models["mixtral"], port, tp=2, additional_config={"moecomm": {"dispatcher": "alltoallx"}})
     code, log = run_bounded(cmd, timeout_s=300, env=dict(os.environ, VLLM_CPU_OMP_THREADS_BIND="0|1"))
     assert code != 0
-    assert 'key "moecomm": dispatcher: expected one of \'alltoallv\', \'alltoallv-pairs\', \'alltoall\', \'allgather\', got \'alltoallx\'' in log
+    assert (
+        "key \"moecomm\": dispatcher: expected one of 'alltoallv', 'alltoallv-pairs', 'alltoall', 'allgather', got 'alltoallx'"
+        in log
+    )

@@ -60,10 +60,12 @@ def _rank(rank: int, world_size: int, shape: str, num_tokens: int, dispatcher: s
     w13, w2 = w13[local].contiguous(), w2[local].contiguous()
     if shape == "tp":
         x, ids, w = _tokens(num_tokens, seed=0)
-        gathered, _ = ep_moe_forward(disp, x, ids, w, w13, w2, tp_rank=rank, tp_size=world_size,
-                                     tp_group=dist.group.WORLD, gather=True)
-        partial, _ = ep_moe_forward(disp, x, ids, w, w13, w2, tp_rank=rank, tp_size=world_size,
-                                    tp_group=dist.group.WORLD, gather=False)
+        gathered, _ = ep_moe_forward(
+            disp, x, ids, w, w13, w2, tp_rank=rank, tp_size=world_size, tp_group=dist.group.WORLD, gather=True
+        )
+        partial, _ = ep_moe_forward(
+            disp, x, ids, w, w13, w2, tp_rank=rank, tp_size=world_size, tp_group=dist.group.WORLD, gather=False
+        )
         return [gathered, partial]
     x, ids, w = _tokens(num_tokens + rank, seed=100 + rank)  # DP ranks hold different numbers of tokens
     out, _ = ep_moe_forward(disp, x, ids, w, w13, w2)

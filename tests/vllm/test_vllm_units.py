@@ -14,22 +14,31 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from moecomm.comm.handle import DropStats  # noqa: E402
-from moecomm.testing.launch import run_local  # noqa: E402
 from moecomm.config import MoECommConfig  # noqa: E402
 from moecomm.integrations.vllm.ownership import gather_token_slices, token_slice  # noqa: E402
 from moecomm.integrations.vllm.settings import PluginConfigError, parse_plugin_config  # noqa: E402
 from moecomm.integrations.vllm.stats_log import DropStatsLog  # noqa: E402
+from moecomm.testing.launch import run_local  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
 
 def test_vllm_settings_reads_the_moecomm_key():
     cfg = parse_plugin_config(
-        {"other_plugin": {"x": 1}, "moecomm": {"dispatcher": "allgather", "token_drop_ratio": 0.1,
-                                               "drop_policy": "probs", "drop_scope": "expert", "log_stats_every": 5}}
+        {
+            "other_plugin": {"x": 1},
+            "moecomm": {
+                "dispatcher": "allgather",
+                "token_drop_ratio": 0.1,
+                "drop_policy": "probs",
+                "drop_scope": "expert",
+                "log_stats_every": 5,
+            },
+        }
     )
-    assert cfg == MoECommConfig(dispatcher="allgather", token_drop_ratio=0.1, drop_policy="probs",
-                                drop_scope="expert", log_stats_every=5)
+    assert cfg == MoECommConfig(
+        dispatcher="allgather", token_drop_ratio=0.1, drop_policy="probs", drop_scope="expert", log_stats_every=5
+    )
     assert parse_plugin_config({}) == MoECommConfig()
     assert parse_plugin_config(None) == MoECommConfig()
     assert parse_plugin_config('{"moecomm": {"capacity_factor": 1.5}}').capacity_factor == 1.5
@@ -110,8 +119,14 @@ def test_vllm_gather_token_slices_rebuilds_the_input():
 
 
 def _stats(dropped: int, total: int, received: list[int]) -> DropStats:
-    return DropStats(dropped_pairs=dropped, total_pairs=total, local_dropped_pairs=0,
-                     received_per_rank=torch.tensor(received), cap=None, scope=None)
+    return DropStats(
+        dropped_pairs=dropped,
+        total_pairs=total,
+        local_dropped_pairs=0,
+        received_per_rank=torch.tensor(received),
+        cap=None,
+        scope=None,
+    )
 
 
 def test_vllm_stats_log_sums_layers_over_every_window():

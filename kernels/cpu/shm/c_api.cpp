@@ -88,14 +88,17 @@ int moecomm_shm_open(int rank, int world_size, uint64_t nonce, const char* const
     }
     std::vector<std::string> list;
     for (int r = 0; r < world_size; ++r) {
-      if (names[r] == nullptr) moecomm::shm::fail(MOECOMM_SHM_EINVAL, "names[" + std::to_string(r) + "]: NULL");
+      if (names[r] == nullptr)
+        moecomm::shm::fail(MOECOMM_SHM_EINVAL, "names[" + std::to_string(r) + "]: NULL");
       list.emplace_back(names[r], strnlen(names[r], MOECOMM_SHM_NAME_MAX));
     }
     *out = new moecomm_shm_group(rank, world_size, nonce, list, timeout_s);
   });
 }
 
-void moecomm_shm_close(moecomm_shm_group* group) { delete group; }
+void moecomm_shm_close(moecomm_shm_group* group) {
+  delete group;
+}
 
 int moecomm_shm_own_segment_mode(const moecomm_shm_group* group, unsigned* mode, unsigned* uid) {
   if (group == nullptr || mode == nullptr || uid == nullptr) return MOECOMM_SHM_EINVAL;
@@ -146,7 +149,8 @@ int moecomm_shm_reduce_scatter(moecomm_shm_group* group, const void* src, int64_
     }
     check_data(src, block_elems > 0 ? 1 : 0, "src");
     check_data(dst, block_elems > 0 ? 1 : 0, "dst");
-    g.reduce_scatter(src, block_elems, static_cast<moecomm::cpu::ScalarType>(dtype), dst, num_threads, timeout_s);
+    g.reduce_scatter(src, block_elems, static_cast<moecomm::cpu::ScalarType>(dtype), dst, num_threads,
+                     timeout_s);
   });
 }
 
@@ -177,6 +181,8 @@ int moecomm_shm_region_view(moecomm_shm_group* group, int rank, const char* labe
   });
 }
 
-void moecomm_shm_view_release(moecomm_shm_view* view) { delete view; }
+void moecomm_shm_view_release(moecomm_shm_view* view) {
+  delete view;
+}
 
 }  // extern "C"

@@ -15,13 +15,14 @@ namespace moecomm::shm {
 namespace {
 
 constexpr int64_t kCopyChunk = int64_t{1} << 20;  // bytes per thread chunk of a copy
-constexpr int64_t kReduceChunk = 1024;             // elements accumulated at once (on the stack)
+constexpr int64_t kReduceChunk = 1024;            // elements accumulated at once (on the stack)
 
 // Copies nbytes with up to num_threads threads (nothing at all for 0 bytes).
 void parallel_copy(char* dst, const char* src, uint64_t nbytes, int num_threads) {
-  cpu::parallel_for(static_cast<int64_t>(nbytes), num_threads, kCopyChunk, [&](int64_t begin, int64_t end, int64_t) {
-    cpu::copy_row(dst + begin, src + begin, end - begin, 1, 1);
-  });
+  cpu::parallel_for(static_cast<int64_t>(nbytes), num_threads, kCopyChunk,
+                    [&](int64_t begin, int64_t end, int64_t) {
+                      cpu::copy_row(dst + begin, src + begin, end - begin, 1, 1);
+                    });
 }
 
 // Integers add modulo 2^64 (unsigned: no undefined overflow), then wrap to the dtype like torch does.
@@ -62,7 +63,9 @@ void reduce_blocks(const std::vector<const char*>& blocks, int64_t elems, char* 
 void Group::all_gather(const void* src, uint64_t nbytes, void* dst, int num_threads, double timeout_s) {
   const Deadline deadline(timeout_s);
   const uint32_t op = begin_op(deadline);
-  if (nbytes > 0) parallel_copy(grow_region(kCollectiveLabel, nbytes).data(), static_cast<const char*>(src), nbytes, num_threads);
+  if (nbytes > 0)
+    parallel_copy(grow_region(kCollectiveLabel, nbytes).data(), static_cast<const char*>(src), nbytes,
+                  num_threads);
   publish_op(op, OpKind::kAllGather, nbytes, 0);
   arrive_and_wait(op, OpKind::kAllGather, deadline);
   char* out = static_cast<char*>(dst);
@@ -75,15 +78,16 @@ void Group::all_gather(const void* src, uint64_t nbytes, void* dst, int num_thre
                                            std::to_string(nbytes) + " in " + op_name(op, OpKind::kAllGather) +
                                            " (every rank must pass the same shape and dtype)");
     }
-    const char* from = p == rank_ ? static_cast<const char*>(src) : peer_window(p, nbytes, op, OpKind::kAllGather);
+    const char* from =
+        p == rank_ ? static_cast<const char*>(src) : peer_window(p, nbytes, op, OpKind::kAllGather);
     parallel_copy(out + static_cast<uint64_t>(p) * nbytes, from, nbytes, num_threads);
   }
   if (nbytes == 0) {  // still catch a peer that gathers something
     for (int p = 0; p < world_; ++p) {
       if (header(p)->op_total.load(std::memory_order_relaxed) != 0) {
-        break_with(MOECOMM_SHM_EREFUSED, "rank " + std::to_string(p) + " gathers a non-empty tensor but rank " +
-                                             std::to_string(rank_) + " an empty one in " +
-                                             op_name(op, OpKind::kAllGather));
+        break_with(MOECOMM_SHM_EREFUSED, "rank " + std::to_string(p) +
+                                             " gathers a non-empty tensor but rank " + std::to_string(rank_) +
+                                             " an empty one in " + op_name(op, OpKind::kAllGather));
       }
     }
   }
@@ -129,12 +133,13 @@ void Group::all_to_all(const void* src, const int64_t* send_bytes, void* dst, co
     if (end - begin != want) {
       break_with(MOECOMM_SHM_EREFUSED, "rank " + std::to_string(p) + " sends " + std::to_string(end - begin) +
                                            " bytes to rank " + std::to_string(rank_) + " but rank " +
-                                           std::to_string(rank_) + " expects " + std::to_string(want) + " in " +
-                                           op_name(op, OpKind::kAllToAll) +
+                                           std::to_string(rank_) + " expects " + std::to_string(want) +
+                                           " in " + op_name(op, OpKind::kAllToAll) +
                                            " (output_splits disagree with that rank's input_splits)");
     }
     if (want > 0) {
-      const char* from = p == rank_ ? static_cast<const char*>(src) : peer_window(p, total, op, OpKind::kAllToAll);
+      const char* from =
+          p == rank_ ? static_cast<const char*>(src) : peer_window(p, total, op, OpKind::kAllToAll);
       parallel_copy(out + out_offset, from + begin, want, num_threads);
     }
     out_offset += want;
@@ -144,14 +149,16 @@ void Group::all_to_all(const void* src, const int64_t* send_bytes, void* dst, co
 
 void Group::reduce_scatter(const void* src, int64_t block_elems, cpu::ScalarType type, void* dst,
                            int num_threads, double timeout_s) {
-  if (block_elems < 0) fail(MOECOMM_SHM_EINVAL, "block_elems: expected >= 0, got " + std::to_string(block_elems));
+  if (block_elems < 0)
+    fail(MOECOMM_SHM_EINVAL, "block_elems: expected >= 0, got " + std::to_string(block_elems));
   if (type == cpu::ScalarType::kBool) fail(MOECOMM_SHM_EINVAL, "dtype: bool cannot be summed");
   const uint64_t block_bytes = static_cast<uint64_t>(block_elems) * cpu::element_size(type);
   const uint64_t total = block_bytes * static_cast<uint64_t>(world_);
   const Deadline deadline(timeout_s);
   const uint32_t op = begin_op(deadline);
   if (total > 0) {
-    parallel_copy(grow_region(kCollectiveLabel, total).data(), static_cast<const char*>(src), total, num_threads);
+    parallel_copy(grow_region(kCollectiveLabel, total).data(), static_cast<const char*>(src), total,
+                  num_threads);
   }
   publish_op(op, OpKind::kReduceScatter, total, static_cast<uint64_t>(type));
   arrive_and_wait(op, OpKind::kReduceScatter, deadline);
@@ -161,25 +168,37 @@ void Group::reduce_scatter(const void* src, int64_t block_elems, cpu::ScalarType
     const uint64_t peer_total = peer->op_total.load(std::memory_order_relaxed);
     const uint64_t peer_dtype = peer->op_dtype.load(std::memory_order_relaxed);
     if (peer_total != total || peer_dtype != static_cast<uint64_t>(type)) {
-      break_with(MOECOMM_SHM_EREFUSED, "rank " + std::to_string(p) + " reduces " + std::to_string(peer_total) +
-                                           " bytes of dtype code " + std::to_string(peer_dtype) + " but rank " +
-                                           std::to_string(rank_) + " " + std::to_string(total) +
-                                           " bytes of dtype code " + std::to_string(static_cast<int>(type)) +
-                                           " in " + op_name(op, OpKind::kReduceScatter));
+      break_with(MOECOMM_SHM_EREFUSED,
+                 "rank " + std::to_string(p) + " reduces " + std::to_string(peer_total) +
+                     " bytes of dtype code " + std::to_string(peer_dtype) + " but rank " +
+                     std::to_string(rank_) + " " + std::to_string(total) + " bytes of dtype code " +
+                     std::to_string(static_cast<int>(type)) + " in " + op_name(op, OpKind::kReduceScatter));
     }
     const char* base = p == rank_ ? static_cast<const char*>(src)
                                   : (total > 0 ? peer_window(p, total, op, OpKind::kReduceScatter) : nullptr);
-    blocks[static_cast<size_t>(p)] = base == nullptr ? nullptr : base + static_cast<uint64_t>(rank_) * block_bytes;
+    blocks[static_cast<size_t>(p)] =
+        base == nullptr ? nullptr : base + static_cast<uint64_t>(rank_) * block_bytes;
   }
   if (block_elems > 0) {
     char* out = static_cast<char*>(dst);
     switch (type) {
-      case cpu::ScalarType::kFloat32: reduce_blocks<cpu::Float32>(blocks, block_elems, out, num_threads); break;
-      case cpu::ScalarType::kFloat16: reduce_blocks<cpu::Float16>(blocks, block_elems, out, num_threads); break;
-      case cpu::ScalarType::kBFloat16: reduce_blocks<cpu::BFloat16>(blocks, block_elems, out, num_threads); break;
-      case cpu::ScalarType::kInt32: reduce_blocks<Int32Sum>(blocks, block_elems, out, num_threads); break;
-      case cpu::ScalarType::kInt64: reduce_blocks<Int64Sum>(blocks, block_elems, out, num_threads); break;
-      case cpu::ScalarType::kBool: break;
+      case cpu::ScalarType::kFloat32:
+        reduce_blocks<cpu::Float32>(blocks, block_elems, out, num_threads);
+        break;
+      case cpu::ScalarType::kFloat16:
+        reduce_blocks<cpu::Float16>(blocks, block_elems, out, num_threads);
+        break;
+      case cpu::ScalarType::kBFloat16:
+        reduce_blocks<cpu::BFloat16>(blocks, block_elems, out, num_threads);
+        break;
+      case cpu::ScalarType::kInt32:
+        reduce_blocks<Int32Sum>(blocks, block_elems, out, num_threads);
+        break;
+      case cpu::ScalarType::kInt64:
+        reduce_blocks<Int64Sum>(blocks, block_elems, out, num_threads);
+        break;
+      case cpu::ScalarType::kBool:
+        break;
     }
   }
   finish_op(op);

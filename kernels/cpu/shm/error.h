@@ -18,7 +18,9 @@ class ShmError : public std::runtime_error {
   int code_;
 };
 
-[[noreturn]] inline void fail(int code, const std::string& message) { throw ShmError(code, message); }
+[[noreturn]] inline void fail(int code, const std::string& message) {
+  throw ShmError(code, message);
+}
 
 // "<what>: <strerror(errno)>" as MOECOMM_SHM_ESYS.
 [[noreturn]] void fail_errno(const std::string& what);

@@ -30,11 +30,16 @@ std::string seconds(double s) {
 
 const char* kind_name(uint64_t kind) {
   switch (static_cast<OpKind>(kind)) {
-    case OpKind::kBarrier: return "barrier";
-    case OpKind::kAllGather: return "all_gather";
-    case OpKind::kAllToAll: return "all_to_all";
-    case OpKind::kReduceScatter: return "reduce_scatter";
-    case OpKind::kNone: break;
+    case OpKind::kBarrier:
+      return "barrier";
+    case OpKind::kAllGather:
+      return "all_gather";
+    case OpKind::kAllToAll:
+      return "all_to_all";
+    case OpKind::kReduceScatter:
+      return "reduce_scatter";
+    case OpKind::kNone:
+      break;
   }
   return "no collective";
 }
@@ -51,14 +56,16 @@ bool valid_label(const std::string& label) {
 
 }  // namespace
 
-Group::Group(int rank, int world_size, uint64_t nonce, const std::vector<std::string>& names, double timeout_s)
+Group::Group(int rank, int world_size, uint64_t nonce, const std::vector<std::string>& names,
+             double timeout_s)
     : rank_(rank), world_(world_size), nonce_(nonce), timeout_s_(timeout_s) {
   if (world_size < 1 || world_size > kMaxWorld) {
-    fail(MOECOMM_SHM_EINVAL, "world_size: expected 1.." + std::to_string(kMaxWorld) + ", got " +
-                                 std::to_string(world_size));
+    fail(MOECOMM_SHM_EINVAL,
+         "world_size: expected 1.." + std::to_string(kMaxWorld) + ", got " + std::to_string(world_size));
   }
   if (rank < 0 || rank >= world_size) {
-    fail(MOECOMM_SHM_EINVAL, "rank: expected 0.." + std::to_string(world_size - 1) + ", got " + std::to_string(rank));
+    fail(MOECOMM_SHM_EINVAL,
+         "rank: expected 0.." + std::to_string(world_size - 1) + ", got " + std::to_string(rank));
   }
   if (names.size() != static_cast<size_t>(world_size)) {
     fail(MOECOMM_SHM_EINVAL, "names: expected " + std::to_string(world_size) + " segment names, got " +
@@ -66,8 +73,8 @@ Group::Group(int rank, int world_size, uint64_t nonce, const std::vector<std::st
   }
   for (size_t r = 0; r < names.size(); ++r) {
     if (!is_segment_name(names[r])) {
-      fail(MOECOMM_SHM_EINVAL, "names[" + std::to_string(r) + "]: expected '/moecomm-' + 32 hex digits, got '" +
-                                   names[r] + "'");
+      fail(MOECOMM_SHM_EINVAL,
+           "names[" + std::to_string(r) + "]: expected '/moecomm-' + 32 hex digits, got '" + names[r] + "'");
     }
   }
   if (std::set<std::string>(names.begin(), names.end()).size() != names.size()) {
@@ -113,7 +120,8 @@ void Group::setup(const std::vector<std::string>& names, const Deadline& deadlin
         if (magic != 0) {
           const std::string who = "segment " + name + " (given for rank " + std::to_string(p) + ")";
           if (magic != kHeaderMagic || peer->version != kVersion) {
-            fail(MOECOMM_SHM_EREFUSED, who + " is not a moecomm shm header of version " + std::to_string(kVersion));
+            fail(MOECOMM_SHM_EREFUSED,
+                 who + " is not a moecomm shm header of version " + std::to_string(kVersion));
           }
           if (peer->nonce != nonce_) {
             fail(MOECOMM_SHM_EREFUSED, who + " belongs to another group (nonce mismatch): refused");
@@ -128,7 +136,8 @@ void Group::setup(const std::vector<std::string>& names, const Deadline& deadlin
         }
       }
       if (deadline.passed()) {
-        fail(MOECOMM_SHM_ETIMEOUT, "rank " + std::to_string(p) + " did not create its shared-memory segment within " +
+        fail(MOECOMM_SHM_ETIMEOUT, "rank " + std::to_string(p) +
+                                       " did not create its shared-memory segment within " +
                                        seconds(deadline.timeout_s()) + " (setup)");
       }
       poll_pause(attempt);
@@ -181,7 +190,8 @@ void Group::settle_pending_regions() const {
 
 void Group::check_usable() const {
   if (!broken_.empty()) {
-    fail(MOECOMM_SHM_EREFUSED, "the shared-memory group is broken since an earlier failure (" + broken_ + ")");
+    fail(MOECOMM_SHM_EREFUSED,
+         "the shared-memory group is broken since an earlier failure (" + broken_ + ")");
   }
 }
 
@@ -212,20 +222,21 @@ void Group::wait_peers(std::atomic<uint32_t> Header::*counter, uint32_t target, 
   for (int step = 1; step < world_; ++step) {
     const int p = (rank_ + step) % world_;
     const Header* peer = header(p);
-    const WaitResult result = wait_for_epoch(peer->*counter, target, deadline, peers_[static_cast<size_t>(p)],
-                                             peer->gave_up);
+    const WaitResult result =
+        wait_for_epoch(peer->*counter, target, deadline, peers_[static_cast<size_t>(p)], peer->gave_up);
     if (result == WaitResult::kReached) continue;
     const std::string who = "rank " + std::to_string(p) + " (pid " + std::to_string(peer->pid) + ")";
     if (result == WaitResult::kPeerGaveUp) {
       const bool failed = peer->gave_up.load(std::memory_order_acquire) == kGaveUpFailed;
-      break_with(MOECOMM_SHM_EREFUSED, who + (failed ? " failed a step" : " closed its group") +
-                                           " and will not arrive at " + what);
+      break_with(MOECOMM_SHM_EREFUSED,
+                 who + (failed ? " failed a step" : " closed its group") + " and will not arrive at " + what);
     }
     if (result == WaitResult::kPeerDied) {
       forget_dead_peer(p);
       break_with(MOECOMM_SHM_EPEERDEAD, who + " exited without arriving at " + what);
     }
-    break_with(MOECOMM_SHM_ETIMEOUT, who + " did not arrive at " + what + " within " + seconds(deadline.timeout_s()));
+    break_with(MOECOMM_SHM_ETIMEOUT,
+               who + " did not arrive at " + what + " within " + seconds(deadline.timeout_s()));
   }
 }
 
@@ -270,7 +281,9 @@ void Group::arrive_and_wait(uint32_t op, OpKind kind, const Deadline& deadline) 
   refresh_peer_regions(deadline);
 }
 
-void Group::finish_op(uint32_t op) { publish_epoch(own()->done, op); }
+void Group::finish_op(uint32_t op) {
+  publish_epoch(own()->done, op);
+}
 
 void Group::barrier(double timeout_s) {
   const Deadline deadline(timeout_s);
@@ -290,7 +303,8 @@ void Group::refresh_peer_regions(const Deadline& deadline) {
     for (uint32_t i = 0; i < count; ++i) {
       const uint32_t generation =
           static_cast<uint32_t>(h->regions[i].published.load(std::memory_order_acquire) >> 32);
-      if (generation != 0 && generation != mapped[i].generation) map_peer_region(p, static_cast<int>(i), deadline);
+      if (generation != 0 && generation != mapped[i].generation)
+        map_peer_region(p, static_cast<int>(i), deadline);
     }
   }
 }
@@ -304,19 +318,22 @@ void Group::map_peer_region(int peer, int index, const Deadline& deadline) {
     const uint32_t generation = static_cast<uint32_t>(published >> 32);
     const std::string label = load_words(entry.label, kLabelWords);
     const int64_t fd = entry.fd.load(std::memory_order_relaxed);
-    std::shared_ptr<Mapping> mapping =
-        fd >= 0 && fd < (int64_t{1} << 30) ? open_process_fd(pid, static_cast<int>(fd), kRegionDataOffset) : nullptr;
+    std::shared_ptr<Mapping> mapping = fd >= 0 && fd < (int64_t{1} << 30)
+                                           ? open_process_fd(pid, static_cast<int>(fd), kRegionDataOffset)
+                                           : nullptr;
     bool current = false;
     uint64_t data_bytes = 0;
     if (mapping) {
       const RegionHeader* rh = reinterpret_cast<const RegionHeader*>(mapping->base());
       data_bytes = rh->data_bytes;
-      const bool verified = rh->magic.load(std::memory_order_acquire) == kRegionMagic && rh->nonce == nonce_ &&
-                            rh->owner == peer && rh->index == index &&
+      const bool verified = rh->magic.load(std::memory_order_acquire) == kRegionMagic &&
+                            rh->nonce == nonce_ && rh->owner == peer && rh->index == index &&
                             data_bytes <= mapping->length() - kRegionDataOffset;
-      const bool moved_on = static_cast<uint32_t>(entry.published.load(std::memory_order_acquire) >> 32) != generation;
+      const bool moved_on =
+          static_cast<uint32_t>(entry.published.load(std::memory_order_acquire) >> 32) != generation;
       if (!verified && !moved_on) {
-        break_with(MOECOMM_SHM_EREFUSED, who + " (descriptor " + std::to_string(fd) + ") failed verification: refused");
+        break_with(MOECOMM_SHM_EREFUSED,
+                   who + " (descriptor " + std::to_string(fd) + ") failed verification: refused");
       }
       current = verified && rh->generation == generation;
     }
@@ -333,8 +350,8 @@ void Group::map_peer_region(int peer, int index, const Deadline& deadline) {
     // Superseded while we looked, or not mappable: retry within the deadline.
     if (!peers_[static_cast<size_t>(peer)].alive()) {
       forget_dead_peer(peer);
-      break_with(MOECOMM_SHM_EPEERDEAD, "rank " + std::to_string(peer) + " exited while its region '" + label +
-                                            "' was being mapped");
+      break_with(MOECOMM_SHM_EPEERDEAD, "rank " + std::to_string(peer) + " exited while its region '" +
+                                            label + "' was being mapped");
     }
     if (deadline.passed()) {
       break_with(MOECOMM_SHM_ETIMEOUT, who + " ('" + label + "', generation " + std::to_string(generation) +
@@ -402,15 +419,18 @@ Group::OwnRegion& Group::grow_region(const std::string& label, uint64_t nbytes) 
 void Group::ensure_region(const std::string& label, uint64_t nbytes) {
   check_usable();
   if (!valid_label(label) || label.rfind("__", 0) == 0) {
-    fail(MOECOMM_SHM_EINVAL, "region: expected 1-31 printable characters not starting with '__', got '" + label + "'");
+    fail(MOECOMM_SHM_EINVAL,
+         "region: expected 1-31 printable characters not starting with '__', got '" + label + "'");
   }
   grow_region(label, nbytes);
 }
 
-std::shared_ptr<Mapping> Group::region_view(int rank, const std::string& label, char** data, uint64_t* nbytes) const {
+std::shared_ptr<Mapping> Group::region_view(int rank, const std::string& label, char** data,
+                                            uint64_t* nbytes) const {
   check_usable();
   if (rank < 0 || rank >= world_) {
-    fail(MOECOMM_SHM_EINVAL, "rank: expected 0.." + std::to_string(world_ - 1) + ", got " + std::to_string(rank));
+    fail(MOECOMM_SHM_EINVAL,
+         "rank: expected 0.." + std::to_string(world_ - 1) + ", got " + std::to_string(rank));
   }
   if (rank == rank_) {
     for (const OwnRegion& region : own_regions_) {

@@ -49,7 +49,8 @@ class Group {
   void ensure_region(const std::string& label, uint64_t nbytes);
   // The mapping holding rank's region `label` (as of this rank's last barrier for peers), its data
   // pointer and usable bytes.
-  std::shared_ptr<Mapping> region_view(int rank, const std::string& label, char** data, uint64_t* nbytes) const;
+  std::shared_ptr<Mapping> region_view(int rank, const std::string& label, char** data,
+                                       uint64_t* nbytes) const;
 
  private:
   struct OwnRegion {

@@ -5,9 +5,10 @@
 // generation. Header segments are named (the names are exchanged at setup) and unlinked once every peer
 // has mapped them. Region segments are unlinked right after creation: the owner keeps the descriptor
 // open and peers map it through /proc/<owner pid>/fd/<fd>, so a region never has a name in /dev/shm
-// for longer than its creation takes (and a peer unlinks that pending name if the owner dies then). A rank only ever writes into its own header; peers write nothing but the "mapped" count
-// of a region generation (see RegionEntry::published). Fields read by other processes while their
-// owner may write them are atomics: release on write, acquire on read.
+// for longer than its creation takes (and a peer unlinks that pending name if the owner dies then). A rank
+// only ever writes into its own header; peers write nothing but the "mapped" count of a region generation
+// (see RegionEntry::published). Fields read by other processes while their owner may write them are atomics:
+// release on write, acquire on read.
 #pragma once
 
 #include <atomic>
@@ -21,8 +22,8 @@ constexpr uint64_t kRegionMagic = 0x31524d4f4345494dull;  // "MIECOMR1"
 constexpr uint32_t kVersion = 1;
 constexpr int kMaxWorld = 1024;
 constexpr int kMaxRegions = 8;
-constexpr size_t kLabelWords = 4;         // region labels: up to 31 bytes + NUL
-constexpr size_t kSegmentNameWords = 8;   // segment names: up to 63 bytes + NUL
+constexpr size_t kLabelWords = 4;           // region labels: up to 31 bytes + NUL
+constexpr size_t kSegmentNameWords = 8;     // segment names: up to 63 bytes + NUL
 constexpr size_t kRegionDataOffset = 4096;  // data of a region segment starts one page in
 constexpr uint64_t kMinRegionBytes = 64 * 1024;
 
@@ -30,12 +31,12 @@ constexpr uint64_t kMinRegionBytes = 64 * 1024;
 enum class OpKind : uint64_t { kNone = 0, kBarrier = 1, kAllGather = 2, kAllToAll = 3, kReduceScatter = 4 };
 
 struct RegionEntry {
-  std::atomic<uint64_t> label[kLabelWords];            // written once, before region_count covers it
-  std::atomic<uint64_t> published;                     // generation << 32 | peers that mapped it
-  std::atomic<uint64_t> data_bytes;                    // usable bytes of the current generation
-  std::atomic<int64_t> fd;                             // owner's descriptor of the current generation
-  std::atomic<uint64_t> pending[kSegmentNameWords];    // name being created (so a peer can unlink it
-                                                       // if the owner dies mid-growth)
+  std::atomic<uint64_t> label[kLabelWords];          // written once, before region_count covers it
+  std::atomic<uint64_t> published;                   // generation << 32 | peers that mapped it
+  std::atomic<uint64_t> data_bytes;                  // usable bytes of the current generation
+  std::atomic<int64_t> fd;                           // owner's descriptor of the current generation
+  std::atomic<uint64_t> pending[kSegmentNameWords];  // name being created (so a peer can unlink it
+                                                     // if the owner dies mid-growth)
 };
 
 constexpr uint32_t kGaveUpNone = 0;

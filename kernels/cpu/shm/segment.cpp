@@ -40,7 +40,9 @@ struct FdCloser {
 };
 }  // namespace
 
-void fail_errno(const std::string& what) { fail(MOECOMM_SHM_ESYS, what + ": " + std::strerror(errno)); }
+void fail_errno(const std::string& what) {
+  fail(MOECOMM_SHM_ESYS, what + ": " + std::strerror(errno));
+}
 
 Mapping::~Mapping() {
   if (base_ != nullptr) munmap(base_, length_);
@@ -77,8 +79,9 @@ Created create_segment(const std::string& name, size_t bytes, bool keep_fd) {
   const int fd = shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
   if (fd < 0) {
     if (errno == EEXIST) {
-      fail(MOECOMM_SHM_EREFUSED, "shared-memory segment " + name +
-                                     " already exists: refusing to use a segment this process did not create");
+      fail(MOECOMM_SHM_EREFUSED,
+           "shared-memory segment " + name +
+               " already exists: refusing to use a segment this process did not create");
     }
     fail_errno("shm_open(" + name + ", O_CREAT|O_EXCL)");
   }

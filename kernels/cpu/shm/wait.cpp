@@ -15,9 +15,9 @@ namespace moecomm::shm {
 
 namespace {
 
-constexpr int kSpinRounds = 200;                // ~ a few microseconds of polling before sleeping
-constexpr int64_t kFirstSleepNs = 50'000;       // futex sleeps grow from 50 us ...
-constexpr int64_t kMaxSleepNs = 10'000'000;     // ... to 10 ms, so a dead peer is seen within ~10 ms
+constexpr int kSpinRounds = 200;             // ~ a few microseconds of polling before sleeping
+constexpr int64_t kFirstSleepNs = 50'000;    // futex sleeps grow from 50 us ...
+constexpr int64_t kMaxSleepNs = 10'000'000;  // ... to 10 ms, so a dead peer is seen within ~10 ms
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -43,8 +43,8 @@ void futex_wait(const std::atomic<uint32_t>& word, uint32_t expected, int64_t ti
 
 Deadline::Deadline(double timeout_s) : timeout_s_(timeout_s) {
   const double clamped = std::min(std::max(timeout_s, 0.0), 1e7);
-  end_ = std::chrono::steady_clock::now() +
-         std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(clamped));
+  end_ = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                std::chrono::duration<double>(clamped));
 }
 
 int64_t Deadline::remaining_ns() const {
@@ -98,11 +98,13 @@ WaitResult wait_for_epoch(const std::atomic<uint32_t>& word, uint32_t target, co
     const uint32_t value = word.load(std::memory_order_acquire);
     if (reached(value, target)) return WaitResult::kReached;
     if (gave_up.load(std::memory_order_acquire) != 0) {
-      return reached(word.load(std::memory_order_acquire), target) ? WaitResult::kReached : WaitResult::kPeerGaveUp;
+      return reached(word.load(std::memory_order_acquire), target) ? WaitResult::kReached
+                                                                   : WaitResult::kPeerGaveUp;
     }
     if (!peer.alive()) {
       // The peer may have arrived just before it exited: its store is what counts.
-      return reached(word.load(std::memory_order_acquire), target) ? WaitResult::kReached : WaitResult::kPeerDied;
+      return reached(word.load(std::memory_order_acquire), target) ? WaitResult::kReached
+                                                                   : WaitResult::kPeerDied;
     }
     const int64_t left = deadline.remaining_ns();
     if (left <= 0) return WaitResult::kTimedOut;

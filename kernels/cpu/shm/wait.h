@@ -45,7 +45,9 @@ class PeerProcess {
 };
 
 // Counters are 32-bit epochs that may wrap: `value` has reached `target` when (int32)(value - target) >= 0.
-inline bool reached(uint32_t value, uint32_t target) { return static_cast<int32_t>(value - target) >= 0; }
+inline bool reached(uint32_t value, uint32_t target) {
+  return static_cast<int32_t>(value - target) >= 0;
+}
 
 enum class WaitResult { kReached, kTimedOut, kPeerDied, kPeerGaveUp };
 

@@ -33,8 +33,7 @@ size_t element_size(ScalarType type);
 // -1 for a dropped pair). Returns kOk, or the flat index t*K+k of the first id outside [0, E).
 template <typename Id>
 int64_t route_layout(const Id* ids, int64_t num_tokens, int64_t top_k, int64_t num_experts,
-                     const bool* is_kept, int64_t* tokens_per_expert, int64_t* row_of_pair,
-                     int num_threads);
+                     const bool* is_kept, int64_t* tokens_per_expert, int64_t* row_of_pair, int num_threads);
 
 // Marks which (token, k) pairs are kept under a per-bucket capacity. A bucket is a block of
 // experts_per_bucket consecutive experts (1: per expert; E/R: per destination rank).
@@ -43,8 +42,7 @@ int64_t route_layout(const Id* ids, int64_t num_tokens, int64_t top_k, int64_t n
 // Returns kOk, or the flat index of the first id outside [0, E).
 template <typename Id>
 int64_t select_kept(const Id* ids, int64_t num_tokens, int64_t top_k, int64_t num_experts,
-                    int64_t experts_per_bucket, const int64_t* capacity, const float* weights,
-                    bool* is_kept);
+                    int64_t experts_per_bucket, const int64_t* capacity, const float* weights, bool* is_kept);
 
 // out[row_of_pair[t, k]] = x[t] for every pair with row >= 0. x: [T, H] with strides
 // (x_stride_token, x_stride_hidden); out: [N, H] contiguous. Bytes are copied as they are.
@@ -52,35 +50,33 @@ int64_t select_kept(const Id* ids, int64_t num_tokens, int64_t top_k, int64_t nu
 // the flat index of the first pair whose row is outside [-1, N) or repeats a row, or T*K when fewer
 // than N rows are covered.
 int64_t permute(const void* x, int64_t num_tokens, int64_t hidden, int64_t x_stride_token,
-                int64_t x_stride_hidden, size_t elem_size, const int64_t* row_of_pair,
-                int64_t top_k, void* out, int64_t num_rows, int num_threads);
+                int64_t x_stride_hidden, size_t elem_size, const int64_t* row_of_pair, int64_t top_k,
+                void* out, int64_t num_rows, int num_threads);
 
 // out[t] = sum over k with row >= 0 of weights[t, k] * y[row_of_pair[t, k]], accumulated in float32.
 // y: [N, H] with strides (y_stride_row, y_stride_hidden); weights: [T, K] float32 contiguous;
 // out: [T, H] contiguous, same type as y. row_of_pair is checked as for permute (same return codes).
-int64_t unpermute(const void* y, ScalarType type, int64_t num_rows, int64_t hidden,
-                  int64_t y_stride_row, int64_t y_stride_hidden, const int64_t* row_of_pair,
-                  const float* weights, int64_t num_tokens, int64_t top_k, void* out,
-                  int num_threads);
+int64_t unpermute(const void* y, ScalarType type, int64_t num_rows, int64_t hidden, int64_t y_stride_row,
+                  int64_t y_stride_hidden, const int64_t* row_of_pair, const float* weights,
+                  int64_t num_tokens, int64_t top_k, void* out, int num_threads);
 
 // Copies expert-major rows [N, H] (strides given) into a zero-padded [B, capacity, H] contiguous
 // buffer; bucket b takes counts[b] consecutive rows. The caller checked counts (each in
 // [0, capacity], summing to N); the kernel re-checks and returns the first bad bucket index.
 int64_t pack_padded(const void* rows, int64_t num_rows, int64_t hidden, int64_t stride_row,
-                    int64_t stride_hidden, size_t elem_size, const int64_t* counts,
-                    int64_t num_buckets, int64_t capacity, void* out, int num_threads);
+                    int64_t stride_hidden, size_t elem_size, const int64_t* counts, int64_t num_buckets,
+                    int64_t capacity, void* out, int num_threads);
 
 // Inverse of pack_padded: buffer [B, capacity, H] (strides given) -> rows [sum(counts), H] contiguous.
 int64_t unpack_padded(const void* buffer, int64_t num_buckets, int64_t capacity, int64_t hidden,
-                      int64_t stride_bucket, int64_t stride_slot, int64_t stride_hidden,
-                      size_t elem_size, const int64_t* counts, void* out, int64_t num_rows,
-                      int num_threads);
+                      int64_t stride_bucket, int64_t stride_slot, int64_t stride_hidden, size_t elem_size,
+                      const int64_t* counts, void* out, int64_t num_rows, int num_threads);
 
 // Reorders row blocks: rows [N, H] (strides given) hold blocks in (outer, inner) order with
 // block_rows [num_outer, num_inner] rows each; out [N, H] contiguous receives them in (inner, outer)
 // order. Returns kOk, the first bad block index, or num_outer*num_inner if the blocks do not sum to N.
 int64_t regroup_blocks(const void* rows, int64_t num_rows, int64_t hidden, int64_t stride_row,
-                       int64_t stride_hidden, size_t elem_size, const int64_t* block_rows,
-                       int64_t num_outer, int64_t num_inner, void* out, int num_threads);
+                       int64_t stride_hidden, size_t elem_size, const int64_t* block_rows, int64_t num_outer,
+                       int64_t num_inner, void* out, int num_threads);
 
 }  // namespace moecomm::cpu

@@ -21,8 +21,8 @@
 namespace moecomm::cpu {
 
 enum class QuantKind : int {
-  kInt8 = 0,          // int8 codes in [-127, 127]
-  kFloat8E4M3 = 1,    // float8 e4m3fn codes, saturated to +-448
+  kInt8 = 0,        // int8 codes in [-127, 127]
+  kFloat8E4M3 = 1,  // float8 e4m3fn codes, saturated to +-448
 };
 
 // kOk, or: a row index >= 0 (quantize: the first row holding inf or NaN; its outputs are unspecified),

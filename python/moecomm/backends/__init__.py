@@ -36,8 +36,7 @@ def select_backend(name: str, device: torch.device | str) -> KernelBackend:
     backend = get_backend(name)
     if not backend.supports(device):
         raise ValueError(
-            f"kernel_backend: {name!r} computes on CPU tensors only, got tensors on {device} "
-            "(use 'torch' or 'auto')"
+            f"kernel_backend: {name!r} computes on CPU tensors only, got tensors on {device} (use 'torch' or 'auto')"
         )
     return backend
 

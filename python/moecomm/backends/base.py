@@ -46,7 +46,12 @@ class KernelBackend(ABC):
 
     @abstractmethod
     def permute(
-        self, x: torch.Tensor, layout: RouteLayout, is_kept: torch.Tensor | None = None, *, out: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        layout: RouteLayout,
+        is_kept: torch.Tensor | None = None,
+        *,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``x [T, H]`` -> ``[N_kept, H]`` expert-major rows."""
 

@@ -23,4 +23,3 @@ class NativeBackend(KernelBackend):
     pack_padded = staticmethod(ops.pack_padded)  # type: ignore[assignment]
     unpack_padded = staticmethod(ops.unpack_padded)  # type: ignore[assignment]
     regroup_blocks = staticmethod(ops.regroup_blocks)  # type: ignore[assignment]
-

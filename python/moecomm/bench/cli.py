@@ -26,7 +26,9 @@ STANDALONE = {
 # ---- argument types: each raises ArgumentTypeError (-> exit code 2) with what was expected ----------
 
 
-def number_type(parse: Callable[[str], Any], is_valid: Callable[[Any], bool], expected: str, name: str) -> Callable[[str], Any]:
+def number_type(
+    parse: Callable[[str], Any], is_valid: Callable[[Any], bool], expected: str, name: str
+) -> Callable[[str], Any]:
     """An argparse type: ``parse`` the text, then check it; both failures say what was ``expected``."""
 
     def convert(text: str) -> Any:
@@ -74,19 +76,28 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--repeats", type=positive_int, help="timed rounds per case (interleaved); default per section")
     group.add_argument("--warmup", type=non_negative_int, help="untimed rounds first; default per section")
     group.add_argument("--seed", type=non_negative_int, default=0, help="routing and data seed (default 0)")
-    group.add_argument("--threads", type=positive_int,
-                       help="torch (and native kernel) threads of this process; default: torch's (spawned ranks use 1)")
+    group.add_argument(
+        "--threads",
+        type=positive_int,
+        help="torch (and native kernel) threads of this process; default: torch's (spawned ranks use 1)",
+    )
     group.add_argument("--quick", action="store_true", help="tiny shapes and few repeats (smoke run, seconds)")
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
     group.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    group.add_argument("--allocator", choices=ALLOCATORS, default="default",
-                       help="'reuse': let malloc keep freed large blocks (no per-call page faults); default: as is")
+    group.add_argument(
+        "--allocator",
+        choices=ALLOCATORS,
+        default="default",
+        help="'reuse': let malloc keep freed large blocks (no per-call page faults); default: as is",
+    )
 
 
 def add_shapes(parser: argparse.ArgumentParser) -> None:
     from moecomm.bench.kernels import DTYPES
 
-    group = parser.add_argument_group("shapes (defaults per section: kernels T=4096 H=4096; dispatch/drop T=4096/rank H=2048)")
+    group = parser.add_argument_group(
+        "shapes (defaults per section: kernels T=4096 H=4096; dispatch/drop T=4096/rank H=2048)"
+    )
     group.add_argument("--tokens", type=positive_int, help="tokens T (per rank for dispatch/drop)")
     group.add_argument("--hidden", type=positive_int, help="hidden size H")
     group.add_argument("--experts", type=positive_int, help="experts E (default 64)")
@@ -95,15 +106,22 @@ def add_shapes(parser: argparse.ArgumentParser) -> None:
 
 
 def add_no_megatron(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--no-megatron", action="store_true",
-                        help="skip the Megatron-Core peers (kernels; dispatch: megatron-alltoall, megatron-allgather)")
+    parser.add_argument(
+        "--no-megatron",
+        action="store_true",
+        help="skip the Megatron-Core peers (kernels; dispatch: megatron-alltoall, megatron-allgather)",
+    )
 
 
 def add_kernels(parser: argparse.ArgumentParser) -> None:
     add_no_megatron(parser)
     group = parser.add_argument_group("kernels")
-    group.add_argument("--kernel-drop-ratio", type=drop_ratio, default=0.1,
-                       help="drop ratio giving select_kept's per-expert capacity (default 0.1)")
+    group.add_argument(
+        "--kernel-drop-ratio",
+        type=drop_ratio,
+        default=0.1,
+        help="drop ratio giving select_kept's per-expert capacity (default 0.1)",
+    )
 
 
 def add_dispatchers(parser: argparse.ArgumentParser) -> None:
@@ -111,30 +129,55 @@ def add_dispatchers(parser: argparse.ArgumentParser) -> None:
 
     group = parser.add_argument_group("dispatch")
     group.add_argument("--dispatchers", type=list_of(str), help=f"comma list of {','.join(DISPATCHERS)} (default all)")
-    group.add_argument("--transports", type=list_of(str),
-                       help=f"comma list of moecomm transports, one case per dispatcher and transport "
-                            f"(default every registered one: {','.join(available_transports())})")
+    group.add_argument(
+        "--transports",
+        type=list_of(str),
+        help=f"comma list of moecomm transports, one case per dispatcher and transport "
+        f"(default every registered one: {','.join(available_transports())})",
+    )
 
 
 def add_ranks(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("multi-process (dispatch, drop)")
     group.add_argument("--ranks", type=positive_int, help="EP ranks spawned locally (default 2)")
-    group.add_argument("--timeout", type=positive_float, default=1800.0, help="seconds before a multi-process run is killed")
+    group.add_argument(
+        "--timeout", type=positive_float, default=1800.0, help="seconds before a multi-process run is killed"
+    )
 
 
 def add_drop(parser: argparse.ArgumentParser) -> None:
     from moecomm.bench.routing import ROUTING_MODES
 
     group = parser.add_argument_group("token-drop study (drop)")
-    group.add_argument("--skews", type=list_of(non_negative_float), help="Zipf exponents (hot mode: multipliers >= 1); default 0,1.0,1.5")
-    group.add_argument("--ratios", type=list_of(drop_ratio), help="token_drop_ratio values in [0,1); default 0,0.05,0.1,0.2,0.3")
+    group.add_argument(
+        "--skews",
+        type=list_of(non_negative_float),
+        help="Zipf exponents (hot mode: multipliers >= 1); default 0,1.0,1.5",
+    )
+    group.add_argument(
+        "--ratios", type=list_of(drop_ratio), help="token_drop_ratio values in [0,1); default 0,0.05,0.1,0.2,0.3"
+    )
     group.add_argument("--routing", choices=ROUTING_MODES, default="zipf", help="skew model (default zipf)")
-    group.add_argument("--drop-policy", choices=("position", "probs"), default="position",
-                       help="which pairs go first: later tokens (position, default) or lowest gate weight (probs)")
-    group.add_argument("--ffn-intermediate", type=positive_int, help="intermediate size I of the expert FFN (calibration and error; default 64)")
-    group.add_argument("--row-cost-us", type=positive_float, help="per-row expert cost in microseconds (default: calibrated here)")
-    group.add_argument("--compute", choices=("sleep", "ffn"), default="sleep",
-                       help="expert stand-in: sleep rows x per-row cost (default), or run the real SwiGLU FFN")
+    group.add_argument(
+        "--drop-policy",
+        choices=("position", "probs"),
+        default="position",
+        help="which pairs go first: later tokens (position, default) or lowest gate weight (probs)",
+    )
+    group.add_argument(
+        "--ffn-intermediate",
+        type=positive_int,
+        help="intermediate size I of the expert FFN (calibration and error; default 64)",
+    )
+    group.add_argument(
+        "--row-cost-us", type=positive_float, help="per-row expert cost in microseconds (default: calibrated here)"
+    )
+    group.add_argument(
+        "--compute",
+        choices=("sleep", "ffn"),
+        default="sleep",
+        help="expert stand-in: sleep rows x per-row cost (default), or run the real SwiGLU FFN",
+    )
 
 
 def add_simulate(parser: argparse.ArgumentParser) -> None:
@@ -147,14 +190,24 @@ def add_simulate(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch", type=positive_int, help="prefill batch (default 8)")
     group.add_argument("--seq-len", type=positive_int, help="prompt length (default 3584)")
     group.add_argument("--link-gbps", type=positive_float, help="per-rank link bandwidth, GB/s each way (default 50)")
-    group.add_argument("--sim-row-cost-us", type=positive_float, help="per-row expert FFN cost in microseconds (default: measured here at the simulated H x I)")
+    group.add_argument(
+        "--sim-row-cost-us",
+        type=positive_float,
+        help="per-row expert FFN cost in microseconds (default: measured here at the simulated H x I)",
+    )
     group.add_argument("--sim-skews", type=list_of(non_negative_float), help="Zipf exponents (default 0,0.25,0.5,1.0)")
     group.add_argument("--sim-ratios", type=list_of(drop_ratio), help="drop ratios (default 0,0.05,0.1,0.2)")
     group.add_argument("--sim-steps", type=positive_int, help="routing draws averaged per point (default 4)")
-    group.add_argument("--traffic-tokens", type=positive_int,
-                       help="tokens routed for the traffic-per-token table (Mixtral, Qwen3-30B-A3B, DeepSeek-V3; default 8192)")
-    group.add_argument("--traffic-skews", type=list_of(non_negative_float),
-                       help="Zipf exponents of the traffic-per-token table (default 0,1.0)")
+    group.add_argument(
+        "--traffic-tokens",
+        type=positive_int,
+        help="tokens routed for the traffic-per-token table (Mixtral, Qwen3-30B-A3B, DeepSeek-V3; default 8192)",
+    )
+    group.add_argument(
+        "--traffic-skews",
+        type=list_of(non_negative_float),
+        help="Zipf exponents of the traffic-per-token table (default 0,1.0)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,6 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "moecomm bench " + shlex.join(argv)
     started = time.perf_counter()
     paths = run_command(args, command)
-    print(f"\nresults in {args.out.resolve()} ({time.perf_counter() - started:.0f} s): "
-          + ", ".join(path.name for path in paths), flush=True)
+    print(
+        f"\nresults in {args.out.resolve()} ({time.perf_counter() - started:.0f} s): "
+        + ", ".join(path.name for path in paths),
+        flush=True,
+    )
     return 0

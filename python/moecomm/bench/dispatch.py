@@ -36,8 +36,18 @@ from moecomm.bench.routing import make_routing
 from moecomm.bench.timing import Timing, counting_faults, measure_interleaved, quantile, set_allocator
 from moecomm.bench.traffic import StepTraffic, destination_ranks, pages, traffic_matrix
 
-__all__ = ["DISPATCHERS", "PEER", "DispatchBenchConfig", "RanksConfig", "make_bench_dispatcher", "run_dispatch",
-           "serve_steps", "synced_time", "relative_error", "dense_identity_reference"]
+__all__ = [
+    "DISPATCHERS",
+    "PEER",
+    "DispatchBenchConfig",
+    "RanksConfig",
+    "make_bench_dispatcher",
+    "run_dispatch",
+    "serve_steps",
+    "synced_time",
+    "relative_error",
+    "dense_identity_reference",
+]
 
 GIB = float(1 << 30)
 
@@ -126,7 +136,9 @@ def identity_step(dispatcher: Any, x: torch.Tensor, topk_ids: torch.Tensor, topk
     return dispatcher.combine(expert_x, handle)
 
 
-def gather_traffic(topk_ids: torch.Tensor, config: RanksConfig, rank: int, world_size: int, row_bytes: int) -> StepTraffic:
+def gather_traffic(
+    topk_ids: torch.Tensor, config: RanksConfig, rank: int, world_size: int, row_bytes: int
+) -> StepTraffic:
     """The step's cross-rank traffic over all ranks (a collective): every rank's ``topk_ids [T, K]``."""
     source = torch.full((topk_ids.shape[0],), rank, dtype=torch.int64)
     parts = [traffic_matrix(topk_ids, config.num_experts, world_size, source, unit) for unit in ("pair", "token")]
@@ -134,12 +146,17 @@ def gather_traffic(topk_ids: torch.Tensor, config: RanksConfig, rank: int, world
     if world_size > 1:
         dist.all_reduce(stacked)
     cells = world_size * world_size
-    return StepTraffic(stacked[:cells].view(world_size, world_size), stacked[cells:2 * cells].view(world_size, world_size),
-                       int(stacked[-1]), row_bytes)
+    return StepTraffic(
+        stacked[:cells].view(world_size, world_size),
+        stacked[cells : 2 * cells].view(world_size, world_size),
+        int(stacked[-1]),
+        row_bytes,
+    )
 
 
-def make_shm_copy(x: torch.Tensor, topk_ids: torch.Tensor, traffic: StepTraffic, config: RanksConfig, rank: int,
-                  world_size: int) -> Any:
+def make_shm_copy(
+    x: torch.Tensor, topk_ids: torch.Tensor, traffic: StepTraffic, config: RanksConfig, rank: int, world_size: int
+) -> Any:
     """The shared-memory copy peer for this rank: ``x [T, H]``'s rows once per remote rank they visit
     (dispatch), and as many stand-in expert rows as it receives (combine)."""
     from moecomm.bench.shm_copy import SharedMemoryCopy
@@ -185,8 +202,14 @@ def setup_rank(rank: int, world_size: int, config: DispatchBenchConfig) -> RankC
     from moecomm.bench.megatron_peer import MegatronPeer
 
     set_allocator(config.allocator)
-    routing = make_routing(config.num_tokens, config.num_experts, config.top_k, skew=config.skew,
-                           seed=rank_seed(config, rank), popularity_seed=config.seed)
+    routing = make_routing(
+        config.num_tokens,
+        config.num_experts,
+        config.top_k,
+        skew=config.skew,
+        seed=rank_seed(config, rank),
+        popularity_seed=config.seed,
+    )
     x = rank_tokens(config, rank)
     traffic = gather_traffic(routing.topk_ids, config, rank, world_size, x.shape[1] * x.element_size())
     cases, notes = plan_cases(config.dispatchers, config.transports)
@@ -226,17 +249,27 @@ def dispatch_worker(rank: int, world_size: int, config: DispatchBenchConfig) -> 
         faults: dict[str, list[int]] = {name: [] for name in setup.steps}
         counted = {name: counting_faults(step, faults[name]) for name, step in setup.steps.items()}
         timings = measure_interleaved(counted, repeats=config.repeats, warmup=config.warmup, timer=synced_time)
-        timed_faults = torch.tensor([faults[name][config.warmup:] for name in setup.steps], dtype=torch.int64)
+        timed_faults = torch.tensor([faults[name][config.warmup :] for name in setup.steps], dtype=torch.int64)
         if world_size > 1:
             dist.all_reduce(timed_faults, op=dist.ReduceOp.MAX)
     finally:
         setup.close()
     traffic = setup.traffic
-    return {"rank": rank, "timings": {name: t.samples for name, t in timings.items()}, "errors": errors,
-            "faults": dict(zip(setup.steps, timed_faults.tolist())), "received_rows": received_rows,
-            "cases": setup.cases, "notes": setup.notes,
-            "traffic": {**traffic.summary(), "pair_rows": traffic.pair_rows.tolist(),
-                        "token_rows": traffic.token_rows.tolist(), "num_tokens": traffic.num_tokens}}
+    return {
+        "rank": rank,
+        "timings": {name: t.samples for name, t in timings.items()},
+        "errors": errors,
+        "faults": dict(zip(setup.steps, timed_faults.tolist())),
+        "received_rows": received_rows,
+        "cases": setup.cases,
+        "notes": setup.notes,
+        "traffic": {
+            **traffic.summary(),
+            "pair_rows": traffic.pair_rows.tolist(),
+            "token_rows": traffic.token_rows.tolist(),
+            "num_tokens": traffic.num_tokens,
+        },
+    }
 
 
 def serve_steps(rank: int, world_size: int, config: DispatchBenchConfig, commands: list[Any], done: Any) -> int:
@@ -284,26 +317,47 @@ def run_dispatch(config: DispatchBenchConfig, *, progress: bool = True) -> dict[
     for name, dispatcher, transport in first["cases"]:
         timing = timings[name]
         effective = must_cross / timing.median / GIB if timing.median > 0 else None
-        ratios = {f"speedup_vs_{peer}": timings[peer].median / timing.median
-                  for peer in (PEER, *MEGATRON_PEERS) if peer in timings and name not in (peer, SHM_COPY)}
+        ratios = {
+            f"speedup_vs_{peer}": timings[peer].median / timing.median
+            for peer in (PEER, *MEGATRON_PEERS)
+            if peer in timings and name not in (peer, SHM_COPY)
+        }
         if copy_gib and effective is not None and name != SHM_COPY:
             ratios[f"bandwidth_vs_{SHM_COPY}"] = effective / copy_gib
         faults = first["faults"][name]
         median_faults = quantile([float(f) for f in faults], 0.5)
-        records.append(timing_record(
-            "dispatch", name, timing, config=shape, bytes_moved=routed_bytes, ratios=ratios,
-            extra={"dispatcher": dispatcher, "transport": transport,
-                   "kind": "peer" if dispatcher in PEERS else "moecomm",
-                   "relative_error_vs_dense": first["errors"][name],
-                   "minor_faults_per_step": median_faults, "minor_faults_samples": faults,
-                   "moved_pages": moved_pages, "faults_per_moved_page": median_faults / moved_pages,
-                   "bytes_must_cross_per_step": must_cross, "effective_gib_per_s": effective,
-                   **{k: v for k, v in traffic.items() if k.startswith("crossing_")},
-                   "received_rows_per_rank": received},
-        ))
+        records.append(
+            timing_record(
+                "dispatch",
+                name,
+                timing,
+                config=shape,
+                bytes_moved=routed_bytes,
+                ratios=ratios,
+                extra={
+                    "dispatcher": dispatcher,
+                    "transport": transport,
+                    "kind": "peer" if dispatcher in PEERS else "moecomm",
+                    "relative_error_vs_dense": first["errors"][name],
+                    "minor_faults_per_step": median_faults,
+                    "minor_faults_samples": faults,
+                    "moved_pages": moved_pages,
+                    "faults_per_moved_page": median_faults / moved_pages,
+                    "bytes_must_cross_per_step": must_cross,
+                    "effective_gib_per_s": effective,
+                    **{k: v for k, v in traffic.items() if k.startswith("crossing_")},
+                    "received_rows_per_rank": received,
+                },
+            )
+        )
     notes = first["notes"]
-    return {"config": shape, "records": records, "notes": notes, "traffic": traffic,
-            "table": dispatch_table(records, traffic, notes)}
+    return {
+        "config": shape,
+        "records": records,
+        "notes": notes,
+        "traffic": traffic,
+        "table": dispatch_table(records, traffic, notes),
+    }
 
 
 def dispatch_table(records: list[dict[str, Any]], traffic: dict[str, Any], notes: list[str]) -> str:
@@ -314,15 +368,43 @@ def dispatch_table(records: list[dict[str, Any]], traffic: dict[str, Any], notes
     median step; "faults/page" is minor page faults per step over the 4 KiB pages of the routed rows
     the step moves (T*K out and N_recv in, in dispatch and in combine)."""
     mib = 1 << 20
-    rows = [[r["name"], ms(r["median_s"]), ms(r["p10_s"]), ms(r["p90_s"]), r["minor_faults_per_step"],
-             r["moved_pages"], r["faults_per_moved_page"], r["bytes_must_cross_per_step"] / mib,
-             r["crossing_bytes_per_token_token"], r["effective_gib_per_s"],
-             ", ".join(f"{k} {v:.3g}x" for k, v in r["ratios"].items()) or "-", r["relative_error_vs_dense"]]
-            for r in records]
-    line = (f"Rows crossing ranks per token (dispatch; combine returns as many): "
-            f"{traffic['crossing_rows_per_token_pair']:.3g} per (token, expert) pair, "
-            f"{traffic['crossing_rows_per_token_token']:.3g} per (token, destination rank).")
-    table = markdown_table(["case", "median ms", "p10 ms", "p90 ms", "minor faults/step", "moved 4 KiB pages",
-                            "faults/page", "must-cross MiB/step", "must-cross B/token", "effective GiB/s",
-                            "ratios (same run)", "rel. error vs dense"], rows)
+    rows = [
+        [
+            r["name"],
+            ms(r["median_s"]),
+            ms(r["p10_s"]),
+            ms(r["p90_s"]),
+            r["minor_faults_per_step"],
+            r["moved_pages"],
+            r["faults_per_moved_page"],
+            r["bytes_must_cross_per_step"] / mib,
+            r["crossing_bytes_per_token_token"],
+            r["effective_gib_per_s"],
+            ", ".join(f"{k} {v:.3g}x" for k, v in r["ratios"].items()) or "-",
+            r["relative_error_vs_dense"],
+        ]
+        for r in records
+    ]
+    line = (
+        f"Rows crossing ranks per token (dispatch; combine returns as many): "
+        f"{traffic['crossing_rows_per_token_pair']:.3g} per (token, expert) pair, "
+        f"{traffic['crossing_rows_per_token_token']:.3g} per (token, destination rank)."
+    )
+    table = markdown_table(
+        [
+            "case",
+            "median ms",
+            "p10 ms",
+            "p90 ms",
+            "minor faults/step",
+            "moved 4 KiB pages",
+            "faults/page",
+            "must-cross MiB/step",
+            "must-cross B/token",
+            "effective GiB/s",
+            "ratios (same run)",
+            "rel. error vs dense",
+        ],
+        rows,
+    )
     return "\n\n".join([line, table] + (["Skipped: " + "; ".join(notes)] if notes else []))

@@ -41,7 +41,9 @@ def case_name(dispatcher: str, transport: str | None) -> str:
     return f"{dispatcher}/{transport}" if dispatcher in TRANSPORTED else dispatcher
 
 
-def plan_cases(dispatchers: tuple[str, ...], transports: tuple[str, ...]) -> tuple[list[tuple[str, str, str | None]], list[str]]:
+def plan_cases(
+    dispatchers: tuple[str, ...], transports: tuple[str, ...]
+) -> tuple[list[tuple[str, str, str | None]], list[str]]:
     """``(case name, dispatcher, transport or None)`` of every case that can run here, in order, and a
     note for each case skipped."""
     cases: list[tuple[str, str, str | None]] = []

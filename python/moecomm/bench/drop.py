@@ -45,7 +45,9 @@ class DropBenchConfig(RanksConfig):
     warmup: int = 1
 
 
-def expert_weights(num_experts: int, hidden: int, intermediate: int, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def expert_weights(
+    num_experts: int, hidden: int, intermediate: int, dtype: torch.dtype, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Random SwiGLU weights ``w13 [E, 2I, H]`` and ``w2 [E, H, I]`` in ``dtype`` (scaled like nn.Linear)."""
     generator = torch.Generator().manual_seed(seed)
     w13 = torch.randn((num_experts, 2 * intermediate, hidden), generator=generator) / hidden**0.5
@@ -54,7 +56,13 @@ def expert_weights(num_experts: int, hidden: int, intermediate: int, dtype: torc
 
 
 def calibrate_row_cost(
-    hidden: int, intermediate: int, num_local_experts: int, dtype: torch.dtype, *, num_rows: int = 2048, repeats: int = 5
+    hidden: int,
+    intermediate: int,
+    num_local_experts: int,
+    dtype: torch.dtype,
+    *,
+    num_rows: int = 2048,
+    repeats: int = 5,
 ) -> float:
     """Seconds per row of the real SwiGLU expert FFN on one thread (median of ``repeats``)."""
     from moecomm.layer.experts import swiglu_experts
@@ -90,15 +98,23 @@ def drop_worker(rank: int, world_size: int, config: DropBenchConfig, row_cost_s:
     w13, w2 = expert_weights(num_local, config.hidden, config.ffn_intermediate, dtype, seed=config.seed * 31 + rank)
     x = rank_tokens(config, rank)
     dispatchers = {
-        ratio: make_bench_dispatcher("alltoallv", config.num_experts, token_drop_ratio=ratio, drop_scope="rank",
-                                     drop_policy=config.drop_policy)
+        ratio: make_bench_dispatcher(
+            "alltoallv", config.num_experts, token_drop_ratio=ratio, drop_scope="rank", drop_policy=config.drop_policy
+        )
         for ratio in config.ratios
     }
     dropless = make_bench_dispatcher("alltoallv", config.num_experts)
     results = []
     for skew in config.skews:
-        routing = make_routing(config.num_tokens, config.num_experts, config.top_k, skew=skew, mode=config.routing,
-                               seed=rank_seed(config, rank), popularity_seed=config.seed)
+        routing = make_routing(
+            config.num_tokens,
+            config.num_experts,
+            config.top_k,
+            skew=skew,
+            mode=config.routing,
+            seed=rank_seed(config, rank),
+            popularity_seed=config.seed,
+        )
         ids, weights = routing.topk_ids, routing.topk_weights
 
         def ffn(expert_x: torch.Tensor, tokens_per_expert: torch.Tensor) -> torch.Tensor:
@@ -146,12 +162,15 @@ def run_drop(config: DropBenchConfig, *, progress: bool = True) -> dict[str, Any
     num_local = config.num_experts // config.num_ranks
     calibrated = calibrate_row_cost(config.hidden, config.ffn_intermediate, num_local, DTYPES[config.dtype])
     row_cost_s = config.row_cost_s if config.row_cost_s is not None else calibrated
-    with progress_task(f"drop ({config.num_ranks} ranks, {len(config.skews)} skews x {len(config.ratios)} ratios)", 1, progress) as advance:
+    with progress_task(
+        f"drop ({config.num_ranks} ranks, {len(config.skews)} skews x {len(config.ratios)} ratios)", 1, progress
+    ) as advance:
         results = run_local(drop_worker, config.num_ranks, config, row_cost_s, timeout_s=config.timeout_s)
         advance()
     shape = asdict(config)
-    shape.update(skews=list(config.skews), ratios=list(config.ratios), row_cost_s=row_cost_s,
-                 calibrated_row_cost_s=calibrated)
+    shape.update(
+        skews=list(config.skews), ratios=list(config.ratios), row_cost_s=row_cost_s, calibrated_row_cost_s=calibrated
+    )
     records = []
     for entry in results[0]["skews"]:
         skew = entry["skew"]
@@ -160,34 +179,73 @@ def run_drop(config: DropBenchConfig, *, progress: bool = True) -> dict[str, Any
             point = entry["points"][ratio]
             timing = Timing(tuple(point["samples_s"]))
             loads = torch.tensor(point["received_rows_per_rank"], dtype=torch.float64)
-            dropless_loads = torch.tensor(entry["points"][config.ratios[0]]["received_rows_per_rank"], dtype=torch.float64)
-            records.append(timing_record(
-                "drop", f"skew={skew:g} ratio={ratio:g}", timing, config={**shape, "skew": skew, "ratio": ratio},
-                ratios={f"step_time_vs_ratio_{config.ratios[0]:g}": timing.median / base.median},
-                extra={
-                    "skew": skew,
-                    "token_drop_ratio": ratio,
-                    "received_rows_per_rank": point["received_rows_per_rank"],
-                    "max_over_mean_load": float(loads.max() / loads.mean()) if loads.sum() > 0 else 1.0,
-                    "max_load_vs_dropless": float(loads.max() / dropless_loads.max()) if dropless_loads.max() > 0 else 1.0,
-                    "dropped_share": point["dropped_pairs"] / max(1, point["total_pairs"]),
-                    "relative_error": point["relative_error"],
-                    "step_time_cut": 1.0 - timing.median / base.median,
-                },
-            ))
-    header = (f"{config.num_ranks} ranks, T={config.num_tokens}/rank H={config.hidden} E={config.num_experts} "
-              f"K={config.top_k} {config.dtype}, alltoallv, drop_scope=rank, drop_policy={config.drop_policy}, "
-              f"{config.routing} routing; expert stand-in: {config.compute}"
-              + (f" ({row_cost_s * 1e6:.3g} us/row, real SwiGLU FFN I={config.ffn_intermediate} measured on one thread)"
-                 if config.compute == "sleep" else f" (real SwiGLU FFN I={config.ffn_intermediate})")
-              + "; step = slowest rank, ratios interleaved.")
+            dropless_loads = torch.tensor(
+                entry["points"][config.ratios[0]]["received_rows_per_rank"], dtype=torch.float64
+            )
+            records.append(
+                timing_record(
+                    "drop",
+                    f"skew={skew:g} ratio={ratio:g}",
+                    timing,
+                    config={**shape, "skew": skew, "ratio": ratio},
+                    ratios={f"step_time_vs_ratio_{config.ratios[0]:g}": timing.median / base.median},
+                    extra={
+                        "skew": skew,
+                        "token_drop_ratio": ratio,
+                        "received_rows_per_rank": point["received_rows_per_rank"],
+                        "max_over_mean_load": float(loads.max() / loads.mean()) if loads.sum() > 0 else 1.0,
+                        "max_load_vs_dropless": float(loads.max() / dropless_loads.max())
+                        if dropless_loads.max() > 0
+                        else 1.0,
+                        "dropped_share": point["dropped_pairs"] / max(1, point["total_pairs"]),
+                        "relative_error": point["relative_error"],
+                        "step_time_cut": 1.0 - timing.median / base.median,
+                    },
+                )
+            )
+    header = (
+        f"{config.num_ranks} ranks, T={config.num_tokens}/rank H={config.hidden} E={config.num_experts} "
+        f"K={config.top_k} {config.dtype}, alltoallv, drop_scope=rank, drop_policy={config.drop_policy}, "
+        f"{config.routing} routing; expert stand-in: {config.compute}"
+        + (
+            f" ({row_cost_s * 1e6:.3g} us/row, real SwiGLU FFN I={config.ffn_intermediate} measured on one thread)"
+            if config.compute == "sleep"
+            else f" (real SwiGLU FFN I={config.ffn_intermediate})"
+        )
+        + "; step = slowest rank, ratios interleaved."
+    )
     return {"config": shape, "records": records, "table": header + "\n\n" + drop_table(records)}
 
 
 def drop_table(records: list[dict[str, Any]]) -> str:
     """Markdown: one row per (skew, ratio)."""
-    rows = [[r["skew"], r["token_drop_ratio"], ms(r["median_s"]), ms(r["p10_s"]), ms(r["p90_s"]),
-             f"{100 * r['step_time_cut']:.1f}%", r["max_over_mean_load"], r["received_rows_per_rank"],
-             f"{100 * r['dropped_share']:.2f}%", r["relative_error"]] for r in records]
-    return markdown_table(["skew", "drop ratio", "step median ms", "p10 ms", "p90 ms", "step time cut vs ratio 0",
-                           "max/mean rows", "rows per rank", "dropped pairs", "rel. output error"], rows)
+    rows = [
+        [
+            r["skew"],
+            r["token_drop_ratio"],
+            ms(r["median_s"]),
+            ms(r["p10_s"]),
+            ms(r["p90_s"]),
+            f"{100 * r['step_time_cut']:.1f}%",
+            r["max_over_mean_load"],
+            r["received_rows_per_rank"],
+            f"{100 * r['dropped_share']:.2f}%",
+            r["relative_error"],
+        ]
+        for r in records
+    ]
+    return markdown_table(
+        [
+            "skew",
+            "drop ratio",
+            "step median ms",
+            "p10 ms",
+            "p90 ms",
+            "step time cut vs ratio 0",
+            "max/mean rows",
+            "rows per rank",
+            "dropped pairs",
+            "rel. output error",
+        ],
+        rows,
+    )

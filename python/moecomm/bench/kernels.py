@@ -85,7 +85,9 @@ def memcpy(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
     return dst
 
 
-def dense_routing(topk_ids: torch.Tensor, topk_weights: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+def dense_routing(
+    topk_ids: torch.Tensor, topk_weights: torch.Tensor, num_experts: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Megatron's router outputs from ``topk_ids [T, K] int64`` and ``topk_weights [T, K] float32``:
     ``routing_map [T, E] bool`` and ``probs [T, E] float32`` (zero where not routed)."""
     num_tokens = topk_ids.shape[0]
@@ -108,7 +110,9 @@ def build_cases(config: KernelBenchConfig) -> tuple[dict[str, Callable[[], objec
     capacity = ops.capacity_for_ratio(layout.tokens_per_expert, config.drop_ratio)
 
     checks = {
-        "route_layout_matches_reference": bool(torch.equal(layout.row_of_pair, ops.reference.route_layout(ids, config.num_experts).row_of_pair)),
+        "route_layout_matches_reference": bool(
+            torch.equal(layout.row_of_pair, ops.reference.route_layout(ids, config.num_experts).row_of_pair)
+        ),
         "permute_matches_reference": bool(torch.equal(rows, ops.reference.permute(x, layout))),
     }
     memcpy_src = torch.empty_like(rows).copy_(rows)
@@ -119,8 +123,12 @@ def build_cases(config: KernelBenchConfig) -> tuple[dict[str, Callable[[], objec
     cases: dict[str, Callable[[], object]] = {
         "route_layout/native": lambda: ops.route_layout(ids, config.num_experts),
         "route_layout/reference": lambda: ops.reference.route_layout(ids, config.num_experts),
-        "select_kept/native": lambda: ops.select_kept(ids, weights, config.num_experts, capacity=capacity, policy="probs"),
-        "select_kept/reference": lambda: ops.reference.select_kept(ids, weights, config.num_experts, capacity=capacity, policy="probs"),
+        "select_kept/native": lambda: ops.select_kept(
+            ids, weights, config.num_experts, capacity=capacity, policy="probs"
+        ),
+        "select_kept/reference": lambda: ops.reference.select_kept(
+            ids, weights, config.num_experts, capacity=capacity, policy="probs"
+        ),
         "memcpy/prealloc": lambda: memcpy(memcpy_dst, memcpy_src),
         "memcpy/alloc": lambda: memcpy(torch.empty_like(memcpy_src), memcpy_src),
         "permute/native": lambda: ops.permute(x, layout),
@@ -180,23 +188,34 @@ def quant_cases_of(x: torch.Tensor) -> tuple[dict[str, Callable[[], object]], di
         q, scales = ops.quantize_rows(x, kind)
         q_ref, scales_ref = ops.reference.quantize_rows(x, kind)
         checks[f"quantize_{kind}_matches_reference"] = bool(
-            torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8)) and torch.equal(scales, scales_ref))
-        checks[f"dequantize_{kind}_matches_reference"] = bool(torch.equal(
-            ops.dequantize_rows(q, scales, kind, x.dtype), ops.reference.dequantize_rows(q, scales, kind, x.dtype)))
+            torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8)) and torch.equal(scales, scales_ref)
+        )
+        checks[f"dequantize_{kind}_matches_reference"] = bool(
+            torch.equal(
+                ops.dequantize_rows(q, scales, kind, x.dtype), ops.reference.dequantize_rows(q, scales, kind, x.dtype)
+            )
+        )
         q_out, scales_out, rows_out = torch.empty_like(q), torch.empty_like(scales), torch.empty_like(x)
         touched = x_bytes + q.numel() * q.element_size() + scales.numel() * scales.element_size()
         moved[f"quantize_{kind}"] = moved[f"dequantize_{kind}"] = touched
-        cases.update({
-            f"quantize_{kind}/native": lambda kind=kind: ops.quantize_rows(x, kind),
-            f"quantize_{kind}/native-out": lambda kind=kind, q_out=q_out, scales_out=scales_out: ops.quantize_rows(
-                x, kind, out=q_out, out_scales=scales_out),
-            f"quantize_{kind}/reference": lambda kind=kind: ops.reference.quantize_rows(x, kind),
-            f"dequantize_{kind}/native": lambda kind=kind, q=q, scales=scales: ops.dequantize_rows(q, scales, kind, x.dtype),
-            f"dequantize_{kind}/native-out": lambda kind=kind, q=q, scales=scales, rows_out=rows_out: ops.dequantize_rows(
-                q, scales, kind, x.dtype, out=rows_out),
-            f"dequantize_{kind}/reference": lambda kind=kind, q=q, scales=scales: ops.reference.dequantize_rows(
-                q, scales, kind, x.dtype),
-        })
+        cases.update(
+            {
+                f"quantize_{kind}/native": lambda kind=kind: ops.quantize_rows(x, kind),
+                f"quantize_{kind}/native-out": lambda kind=kind, q_out=q_out, scales_out=scales_out: ops.quantize_rows(
+                    x, kind, out=q_out, out_scales=scales_out
+                ),
+                f"quantize_{kind}/reference": lambda kind=kind: ops.reference.quantize_rows(x, kind),
+                f"dequantize_{kind}/native": lambda kind=kind, q=q, scales=scales: ops.dequantize_rows(
+                    q, scales, kind, x.dtype
+                ),
+                f"dequantize_{kind}/native-out": lambda kind=kind, q=q, scales=scales, rows_out=rows_out: (
+                    ops.dequantize_rows(q, scales, kind, x.dtype, out=rows_out)
+                ),
+                f"dequantize_{kind}/reference": lambda kind=kind, q=q, scales=scales: ops.reference.dequantize_rows(
+                    q, scales, kind, x.dtype
+                ),
+            }
+        )
     return cases, checks, moved
 
 
@@ -245,7 +264,9 @@ def run_kernels(config: KernelBenchConfig, *, progress: bool = True) -> dict[str
     for name, timing in timings.items():
         op = name.partition("/")[0]
         records.append(
-            timing_record("kernels", name, timing, config=shape, bytes_moved=facts["bytes"][op], ratios=ratios.get(name))
+            timing_record(
+                "kernels", name, timing, config=shape, bytes_moved=facts["bytes"][op], ratios=ratios.get(name)
+            )
         )
     return {"config": shape, "facts": facts, "records": records, "table": kernel_table(records)}
 
@@ -255,6 +276,17 @@ def kernel_table(records: list[dict[str, Any]]) -> str:
     rows = []
     for record in records:
         ratio_text = ", ".join(f"{key} {value:.2f}x" for key, value in record["ratios"].items())
-        rows.append([record["name"], ms(record["median_s"]), ms(record["p10_s"]), ms(record["p90_s"]),
-                     ms(record["min_s"]), record.get("gb_per_s"), ratio_text or "-"])
-    return markdown_table(["case", "median ms", "p10 ms", "p90 ms", "min ms", "GB/s (median)", "ratios of medians (same run)"], rows)
+        rows.append(
+            [
+                record["name"],
+                ms(record["median_s"]),
+                ms(record["p10_s"]),
+                ms(record["p90_s"]),
+                ms(record["min_s"]),
+                record.get("gb_per_s"),
+                ratio_text or "-",
+            ]
+        )
+    return markdown_table(
+        ["case", "median ms", "p10 ms", "p90 ms", "min ms", "GB/s (median)", "ratios of medians (same run)"], rows
+    )

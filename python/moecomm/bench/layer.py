@@ -142,8 +142,11 @@ def make_qwen3_block(config: LayerBenchConfig) -> nn.Module:
     generator = torch.Generator().manual_seed(config.seed)
     hidden_bound, inter_bound = config.hidden**-0.5, config.intermediate**-0.5
     with torch.no_grad():
-        for weight, bound in ((block.gate.weight, hidden_bound), (block.experts.gate_up_proj, hidden_bound),
-                              (block.experts.down_proj, inter_bound)):
+        for weight, bound in (
+            (block.gate.weight, hidden_bound),
+            (block.experts.gate_up_proj, hidden_bound),
+            (block.experts.down_proj, inter_bound),
+        ):
             weight.uniform_(-bound, bound, generator=generator)
     return block
 
@@ -168,10 +171,14 @@ def ep_layers(block: nn.Module, config: LayerBenchConfig) -> dict[str, nn.Module
     from moecomm import MoECommConfig
     from moecomm.layer.ep_moe import EPMoE
 
-    settings = {False: MoECommConfig(dispatcher="alltoallv"),
-                True: MoECommConfig(dispatcher="alltoallv", token_drop_ratio=config.drop_ratio)}
-    return {ep_case(config, dropping): EPMoE.from_module(block, dist.group.WORLD, comm).eval()
-            for dropping, comm in settings.items()}
+    settings = {
+        False: MoECommConfig(dispatcher="alltoallv"),
+        True: MoECommConfig(dispatcher="alltoallv", token_drop_ratio=config.drop_ratio),
+    }
+    return {
+        ep_case(config, dropping): EPMoE.from_module(block, dist.group.WORLD, comm).eval()
+        for dropping, comm in settings.items()
+    }
 
 
 def layer_worker(rank: int, world_size: int, config: LayerBenchConfig) -> dict[str, Any]:
@@ -179,7 +186,7 @@ def layer_worker(rank: int, world_size: int, config: LayerBenchConfig) -> dict[s
     (``name -> samples in s``); rank 0 also returns the correctness checks of the untimed pass."""
     tokens_per_rank = config.num_tokens
     global_tokens = make_global_tokens(config)
-    local_tokens = global_tokens[rank * tokens_per_rank:(rank + 1) * tokens_per_rank].contiguous()
+    local_tokens = global_tokens[rank * tokens_per_rank : (rank + 1) * tokens_per_rank].contiguous()
     block = make_qwen3_block(config)
     layers = ep_layers(block, config)
     cases: dict[str, Callable[[], Any]] = {
@@ -240,8 +247,9 @@ def correctness_pass(
         checks[name] = {"max_abs_diff": float((output.double() - expected.double()).abs().max())}
     for name, layer in layers.items():
         stats = layer.last_stats
-        checks[name].update(dropped_share=float(stats.dropped_share),
-                            received_per_rank=[int(v) for v in stats.received_per_rank])
+        checks[name].update(
+            dropped_share=float(stats.dropped_share), received_per_rank=[int(v) for v in stats.received_per_rank]
+        )
     checks["reference"] = {"max_abs_output": float(reference.double().abs().max())}
     return checks
 
@@ -250,6 +258,8 @@ def synced_output(fn: Callable[[], Any]) -> Any:
     """``fn()`` after a barrier (so every rank runs the cases in step, as the timed rounds do)."""
     dist.barrier()
     return fn()
+
+
 def case_ratios(name: str, timings: dict[str, Timing], config: LayerBenchConfig) -> dict[str, float]:
     """Speedups of case ``name`` (peer median / this median, > 1 = faster), measured in the same run: EP and
     one-process EPMoE cases against every transformers case of their batch (EP: global and per-rank), the
@@ -301,13 +311,17 @@ def run_layer_bench(config: LayerBenchConfig | None = None, *, progress: bool = 
     for name, timing in timings.items():
         processes, tokens = case_layout(name, config)
         check = checks[name]
-        extra: dict[str, Any] = {"processes": processes, "tokens_per_process": tokens,
-                                 "max_abs_diff_vs_hf_eager_global": check["max_abs_diff"]}
+        extra: dict[str, Any] = {
+            "processes": processes,
+            "tokens_per_process": tokens,
+            "max_abs_diff_vs_hf_eager_global": check["max_abs_diff"],
+        }
         extra.update({key: value for key, value in check.items() if key in ("dropped_share", "received_per_rank")})
         if name == hf_case("eager", "global"):
             extra["max_abs_output"] = checks["reference"]["max_abs_output"]
-        records.append(timing_record("layer", name, timing, config=shape, ratios=case_ratios(name, timings, config),
-                                     extra=extra))
+        records.append(
+            timing_record("layer", name, timing, config=shape, ratios=case_ratios(name, timings, config), extra=extra)
+        )
     return {"config": shape, "records": records, "table": layer_table(records)}
 
 
@@ -315,14 +329,38 @@ def layer_table(records: list[dict[str, Any]]) -> str:
     """Markdown: one row per case. Step times are the slowest rank's for EP cases; "max abs diff" is the
     output's largest deviation from the eager transformers block over the global batch (its first T
     rows for per-rank cases), from an untimed pass."""
+
     def speedups(ratios: dict[str, float]) -> str:
         return ", ".join(f"{v:.2f}x vs {short_name(k.removeprefix('speedup_vs_'))}" for k, v in ratios.items()) or "-"
 
-    rows = [[r["name"], r["processes"], r["tokens_per_process"], ms(r["median_s"]), ms(r["p10_s"]), ms(r["p90_s"]),
-             speedups(r["ratios"]), r["max_abs_diff_vs_hf_eager_global"], r.get("dropped_share")]
-            for r in records]
-    return markdown_table(["case", "procs x threads", "tokens/proc", "median ms", "p10 ms", "p90 ms",
-                           "speedup (same run)", "max abs diff", "dropped share"], rows)
+    rows = [
+        [
+            r["name"],
+            r["processes"],
+            r["tokens_per_process"],
+            ms(r["median_s"]),
+            ms(r["p10_s"]),
+            ms(r["p90_s"]),
+            speedups(r["ratios"]),
+            r["max_abs_diff_vs_hf_eager_global"],
+            r.get("dropped_share"),
+        ]
+        for r in records
+    ]
+    return markdown_table(
+        [
+            "case",
+            "procs x threads",
+            "tokens/proc",
+            "median ms",
+            "p10 ms",
+            "p90 ms",
+            "speedup (same run)",
+            "max abs diff",
+            "dropped share",
+        ],
+        rows,
+    )
 
 
 def short_name(name: str) -> str:

@@ -18,7 +18,6 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -99,8 +98,9 @@ class MegatronPeer:
     ``dispatch`` and ``combine`` must alternate (Megatron keeps the step's routing in the dispatcher).
     """
 
-    def __init__(self, name: str, num_experts: int, top_k: int, hidden: int,
-                 group: dist.ProcessGroup | None = None) -> None:
+    def __init__(
+        self, name: str, num_experts: int, top_k: int, hidden: int, group: dist.ProcessGroup | None = None
+    ) -> None:
         """``group``: the EP group (None: the default group, which must be initialised)."""
         if name not in MEGATRON_DISPATCHERS:
             raise ValueError(f"name: expected one of {', '.join(MEGATRON_DISPATCHERS)}, got {name!r}")
@@ -120,18 +120,25 @@ class MegatronPeer:
             if parallel_state._GLOBAL_MEMORY_BUFFER is None:
                 parallel_state._set_global_memory_buffer()
             config = transformer_config.TransformerConfig(
-                num_layers=1, hidden_size=hidden, num_attention_heads=1, num_moe_experts=num_experts,
-                moe_router_topk=top_k, moe_permute_fusion=False, use_cpu_initialization=True,
+                num_layers=1,
+                hidden_size=hidden,
+                num_attention_heads=1,
+                num_moe_experts=num_experts,
+                moe_router_topk=top_k,
+                moe_permute_fusion=False,
+                use_cpu_initialization=True,
                 moe_token_dispatcher_type=name.removeprefix("megatron-"),
             )
             ep_group = group if group is not None else dist.group.WORLD
             groups = ProcessGroupCollection(ep=ep_group, expt_tp=None, tp_ep=ep_group, tp=None)
             local = list(range(rank * self.num_local_experts, (rank + 1) * self.num_local_experts))
             self.dispatcher = getattr(token_dispatcher, MEGATRON_DISPATCHERS[name])(
-                self.num_local_experts, local, config, pg_collection=groups)
+                self.num_local_experts, local, config, pg_collection=groups
+            )
 
-    def dispatch(self, x: torch.Tensor, topk_ids: torch.Tensor,
-                 topk_weights: torch.Tensor) -> tuple[torch.Tensor, MegatronHandle]:
+    def dispatch(
+        self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor
+    ) -> tuple[torch.Tensor, MegatronHandle]:
         """Sends each ``x [T, H]`` row to the ranks of its ``topk_ids [T, K]`` experts (int, distinct per
         row); ``topk_weights [T, K]`` float32 become Megatron's ``probs [T, E]``. Returns
         ``expert_x [N_recv, H]`` (x's dtype) grouped by local expert, and the handle."""

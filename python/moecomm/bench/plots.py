@@ -44,8 +44,7 @@ def plot_kernels(result: dict[str, Any], path: Path) -> Path:
     records = [r for r in result["records"] if r.get("gb_per_s")]
     names = [r["name"] for r in records]
     values = [r["gb_per_s"] for r in records]
-    colors = ["tab:gray" if n.startswith("memcpy") else "tab:blue" if "/native" in n else "tab:orange"
-              for n in names]
+    colors = ["tab:gray" if n.startswith("memcpy") else "tab:blue" if "/native" in n else "tab:orange" for n in names]
     fig, ax = plt.subplots(figsize=(9, 4.5))
     ax.barh(names, values, color=colors)
     memcpy = next((r["gb_per_s"] for r in records if r["name"] == "memcpy/prealloc"), None)
@@ -55,8 +54,10 @@ def plot_kernels(result: dict[str, Any], path: Path) -> Path:
     ax.invert_yaxis()
     config = result["config"]
     ax.set_xlabel("GB/s (bytes read + written / median time)")
-    ax.set_title(f"moecomm kernels: T={config['num_tokens']} H={config['hidden']} E={config['num_experts']} "
-                 f"K={config['top_k']} {config['dtype']} (blue: native)")
+    ax.set_title(
+        f"moecomm kernels: T={config['num_tokens']} H={config['hidden']} E={config['num_experts']} "
+        f"K={config['top_k']} {config['dtype']} (blue: native)"
+    )
     return save(fig, path)
 
 
@@ -69,13 +70,20 @@ def plot_dispatch(result: dict[str, Any], path: Path) -> Path:
     low = [(r["median_s"] - r["p10_s"]) * 1e3 for r in records]
     high = [(r["p90_s"] - r["median_s"]) * 1e3 for r in records]
     fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(names)), 4))
-    ax.bar(names, medians, yerr=[low, high], capsize=4,
-           color=["tab:orange" if r.get("kind") == "peer" else "tab:blue" for r in records])
+    ax.bar(
+        names,
+        medians,
+        yerr=[low, high],
+        capsize=4,
+        color=["tab:orange" if r.get("kind") == "peer" else "tab:blue" for r in records],
+    )
     config = result["config"]
     ax.set_ylabel("dispatch + combine, ms (slowest rank)")
     ax.tick_params(axis="x", labelrotation=30, labelsize=8)
-    ax.set_title(f"{config['num_ranks']} ranks, T={config['num_tokens']}/rank H={config['hidden']} "
-                 f"E={config['num_experts']} K={config['top_k']} {config['dtype']}")
+    ax.set_title(
+        f"{config['num_ranks']} ranks, T={config['num_tokens']}/rank H={config['hidden']} "
+        f"E={config['num_experts']} K={config['top_k']} {config['dtype']}"
+    )
     return save(fig, path)
 
 
@@ -93,7 +101,9 @@ def plot_simulation(result: dict[str, Any], path: Path) -> Path:
     """Line plot: predicted step-time cut vs drop ratio, one line per (EP size, skew)."""
     series: dict[str, list[tuple[float, float]]] = {}
     for r in result["records"]:
-        series.setdefault(f"EP{r['ep_size']} zipf {r['skew']:g}", []).append((r["token_drop_ratio"], 100 * r["step_time_cut"]))
+        series.setdefault(f"EP{r['ep_size']} zipf {r['skew']:g}", []).append(
+            (r["token_drop_ratio"], 100 * r["step_time_cut"])
+        )
     fig, ax = line_plot(series, "token_drop_ratio", "predicted MoE step time cut, %", fontsize=7, ncol=2)
     ax.axhspan(10, 15, color="tab:green", alpha=0.15, label="published: 10-15% (EP16, ~0.1)")
     ax.legend(fontsize=7, ncol=2)
@@ -108,8 +118,16 @@ def write_plots(results: dict[str, dict[str, Any]], out: Path) -> list[Path]:
     if "dispatch" in results:
         paths.append(plot_dispatch(results["dispatch"], out / "dispatch_time.png"))
     if "drop" in results:
-        paths.append(plot_drop(results["drop"], "median_s", "step time, ms (slowest rank)", out / "drop_step_time.png", scale=1e3))
-        paths.append(plot_drop(results["drop"], "relative_error", "relative output error vs dropless", out / "drop_output_error.png"))
+        paths.append(
+            plot_drop(
+                results["drop"], "median_s", "step time, ms (slowest rank)", out / "drop_step_time.png", scale=1e3
+            )
+        )
+        paths.append(
+            plot_drop(
+                results["drop"], "relative_error", "relative output error vs dropless", out / "drop_output_error.png"
+            )
+        )
     if "simulate" in results:
         paths.append(plot_simulation(results["simulate"], out / "simulate_ep.png"))
     return paths

@@ -40,7 +40,9 @@ class Routing:
     topk_weights: torch.Tensor
 
 
-def expert_popularity(num_experts: int, *, skew: float, mode: str = "zipf", seed: int = 0, hot_expert: int = 0) -> torch.Tensor:
+def expert_popularity(
+    num_experts: int, *, skew: float, mode: str = "zipf", seed: int = 0, hot_expert: int = 0
+) -> torch.Tensor:
     """``[E]`` float64 selection probabilities (sum 1) for ``mode`` and ``skew`` (see module docstring)."""
     num_experts = check_positive_int("num_experts", num_experts)
     mode = check_choice("mode", mode, ROUTING_MODES)
@@ -103,8 +105,10 @@ def make_routing(
     if num_experts % num_groups:
         raise ValueError(f"num_groups: expected a divisor of num_experts={num_experts}, got {num_groups}")
     if num_groups > 1 and not (top_groups <= num_groups and top_groups * (num_experts // num_groups) >= top_k):
-        raise ValueError(f"top_groups: expected at most num_groups={num_groups} groups holding at least "
-                         f"top_k={top_k} experts, got {top_groups}")
+        raise ValueError(
+            f"top_groups: expected at most num_groups={num_groups} groups holding at least "
+            f"top_k={top_k} experts, got {top_groups}"
+        )
     popularity = expert_popularity(
         num_experts, skew=skew, mode=mode, seed=0 if popularity_seed is None else popularity_seed, hot_expert=hot_expert
     )

@@ -127,10 +127,10 @@ def simulation_config(args: argparse.Namespace) -> tuple[Any, str]:
         row_cost_s, source = args.sim_row_cost_us * 1e-6, "given (--sim-row-cost-us)"
     else:
         rows = 16 if quick else 128
-        row_cost_s = calibrate_row_cost(hidden, intermediate, 1, torch.bfloat16, num_rows=rows,
-                                        repeats=1 if quick else 3)
-        source = (f"measured here: real SwiGLU expert FFN, H={hidden} I={intermediate} bf16, one thread, "
-                  f"{rows} rows")
+        row_cost_s = calibrate_row_cost(
+            hidden, intermediate, 1, torch.bfloat16, num_rows=rows, repeats=1 if quick else 3
+        )
+        source = f"measured here: real SwiGLU expert FFN, H={hidden} I={intermediate} bf16, one thread, {rows} rows"
     config = SimulationConfig(
         ep_sizes=tuple(pick(args.ep_sizes, defaults.ep_sizes, defaults.ep_sizes, quick)),
         num_experts=pick(args.sim_experts, defaults.num_experts, defaults.num_experts, quick),

@@ -41,8 +41,13 @@ class SharedMemoryCopy:
         group: the process group (every member constructs this together).
     """
 
-    def __init__(self, rows: torch.Tensor, send_rows: torch.Tensor, returned_rows: torch.Tensor,
-                 group: dist.ProcessGroup | None = None) -> None:
+    def __init__(
+        self,
+        rows: torch.Tensor,
+        send_rows: torch.Tensor,
+        returned_rows: torch.Tensor,
+        group: dist.ProcessGroup | None = None,
+    ) -> None:
         self.group = group
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
@@ -57,9 +62,11 @@ class SharedMemoryCopy:
         self.row_bytes = send_rows.shape[1] * send_rows.element_size()
         me = self.rank
         if send_rows.shape[0] != sum(crossing[me]) or returned_rows.shape[0] != sum(r[me] for r in crossing):
-            raise ValueError(f"send_rows / returned_rows: expected {sum(crossing[me])} and "
-                             f"{sum(r[me] for r in crossing)} rows on rank {me}, got {send_rows.shape[0]} "
-                             f"and {returned_rows.shape[0]}")
+            raise ValueError(
+                f"send_rows / returned_rows: expected {sum(crossing[me])} and "
+                f"{sum(r[me] for r in crossing)} rows on rank {me}, got {send_rows.shape[0]} "
+                f"and {returned_rows.shape[0]}"
+            )
         # File of rank d: [rows from each source s (dispatch)] + [rows d sent to each t, returned (combine)].
         self.dispatch_offset = [[0] * num_ranks for _ in range(num_ranks)]  # [source][destination]
         self.combine_offset = [[0] * num_ranks for _ in range(num_ranks)]  # [returner][owner]
@@ -107,15 +114,19 @@ class SharedMemoryCopy:
     def _plan_copies(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(destination view in a peer's file, source view) of every copy of a step, in order."""
         me, row = self.rank, self.row_bytes
-        regions = [(d, self.dispatch_offset[me][d], self.crossing[me][d] * row, self.send_bytes)
-                   for d in range(self.world_size)]
-        regions += [(s, self.combine_offset[me][s], self.crossing[s][me] * row, self.returned_bytes)
-                    for s in range(self.world_size)]
+        regions = [
+            (d, self.dispatch_offset[me][d], self.crossing[me][d] * row, self.send_bytes)
+            for d in range(self.world_size)
+        ]
+        regions += [
+            (s, self.combine_offset[me][s], self.crossing[s][me] * row, self.returned_bytes)
+            for s in range(self.world_size)
+        ]
         copies, read = [], {id(self.send_bytes): 0, id(self.returned_bytes): 0}
         for owner, at, size, source in regions:
             if size:
                 start = read[id(source)]
-                copies.append((self.files[owner][at:at + size], source[start:start + size]))
+                copies.append((self.files[owner][at : at + size], source[start : start + size]))
                 read[id(source)] = start + size
         return copies
 
@@ -140,7 +151,7 @@ class SharedMemoryCopy:
             at, size = self.combine_offset[source][me], self.crossing[me][source] * row
         else:
             raise ValueError(f"phase: expected 'dispatch' or 'combine', got {phase!r}")
-        return self.files[me][at:at + size]
+        return self.files[me][at : at + size]
 
     def close(self) -> None:
         """Unmaps every file (the files themselves were unlinked when mapped)."""

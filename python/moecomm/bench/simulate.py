@@ -31,7 +31,10 @@ from moecomm.bench.routing import make_routing
 from moecomm.bench.traffic import even_source_ranks, off_rank, traffic_matrix
 from moecomm.bench.traffic_study import EP_SIZES, run_traffic
 
-ASSUMPTIONS = [line.strip() for line in __doc__.split("The model (printed with the results):")[1].strip().split("\n\n")[0].split("\n")]
+ASSUMPTIONS = [
+    line.strip()
+    for line in __doc__.split("The model (printed with the results):")[1].strip().split("\n\n")[0].split("\n")
+]
 
 
 @dataclass(frozen=True)
@@ -89,11 +92,18 @@ def run_simulation(config: SimulationConfig, *, progress: bool = True) -> dict[s
         sums: dict[tuple[int, float, float], dict[str, float]] = {}
         for skew in config.skews:
             for step in range(config.steps):
-                routing = make_routing(num_tokens, config.num_experts, config.top_k, skew=skew,
-                                       seed=config.seed * 1009 + step, popularity_seed=config.seed * 1009 + step)
+                routing = make_routing(
+                    num_tokens,
+                    config.num_experts,
+                    config.top_k,
+                    skew=skew,
+                    seed=config.seed * 1009 + step,
+                    popularity_seed=config.seed * 1009 + step,
+                )
                 for ep_size in config.ep_sizes:
-                    counts = traffic_matrix(routing.topk_ids, config.num_experts, ep_size,
-                                            even_source_ranks(num_tokens, ep_size))
+                    counts = traffic_matrix(
+                        routing.topk_ids, config.num_experts, ep_size, even_source_ranks(num_tokens, ep_size)
+                    )
                     for ratio in config.ratios:
                         point = step_time(counts, ratio, config)
                         acc = sums.setdefault((ep_size, skew, ratio), dict.fromkeys(point, 0.0))
@@ -102,26 +112,66 @@ def run_simulation(config: SimulationConfig, *, progress: bool = True) -> dict[s
                     advance()
     for (ep_size, skew, ratio), point in sorted(sums.items()):
         base = sums[(ep_size, skew, config.ratios[0])]["step_s"]
-        records.append({"section": "simulate", "name": f"EP{ep_size} skew={skew:g} ratio={ratio:g}",
-                        "ep_size": ep_size, "skew": skew, "token_drop_ratio": ratio, **point,
-                        "step_time_cut": 1.0 - point["step_s"] / base})
+        records.append(
+            {
+                "section": "simulate",
+                "name": f"EP{ep_size} skew={skew:g} ratio={ratio:g}",
+                "ep_size": ep_size,
+                "skew": skew,
+                "token_drop_ratio": ratio,
+                **point,
+                "step_time_cut": 1.0 - point["step_s"] / base,
+            }
+        )
     shape = asdict(config)
-    shape.update(ep_sizes=list(config.ep_sizes), skews=list(config.skews), ratios=list(config.ratios),
-                 num_tokens=num_tokens, traffic_skews=list(config.traffic_skews),
-                 traffic_ep_sizes=list(config.traffic_ep_sizes))
-    traffic = run_traffic(config.traffic_tokens, config.traffic_skews, seed=config.seed, ep_sizes=config.traffic_ep_sizes)
+    shape.update(
+        ep_sizes=list(config.ep_sizes),
+        skews=list(config.skews),
+        ratios=list(config.ratios),
+        num_tokens=num_tokens,
+        traffic_skews=list(config.traffic_skews),
+        traffic_ep_sizes=list(config.traffic_ep_sizes),
+    )
+    traffic = run_traffic(
+        config.traffic_tokens, config.traffic_skews, seed=config.seed, ep_sizes=config.traffic_ep_sizes
+    )
     table = simulation_table(records, config) + "\n\n### Traffic per token\n\n" + traffic["table"]
     return {"config": shape, "assumptions": ASSUMPTIONS, "records": records, "traffic": traffic, "table": table}
 
 
 def simulation_table(records: list[dict[str, Any]], config: SimulationConfig) -> str:
     """Markdown: one row per (EP size, skew, ratio), then the model's assumptions."""
-    rows = [[r["ep_size"], r["skew"], r["token_drop_ratio"], r["step_s"] * 1e3, r["dispatch_s"] * 1e3,
-             r["experts_s"] * 1e3, r["max_over_mean_load"], f"{100 * r['dropped_share']:.1f}%",
-             f"{100 * r['step_time_cut']:.1f}%"] for r in records]
-    table = markdown_table(["EP", "zipf", "drop ratio", "step ms", "dispatch ms", "experts ms", "max/mean load",
-                            "dropped", "step time cut"], rows)
-    header = (f"Prefill {config.batch} x {config.seq_len} tokens, E={config.num_experts} top-{config.top_k}, "
-              f"H={config.hidden} I={config.intermediate}, row cost {config.row_cost_s * 1e6:.3g} us, "
-              f"link {config.link_gbps:g} GB/s, {config.steps} draws per point.")
+    rows = [
+        [
+            r["ep_size"],
+            r["skew"],
+            r["token_drop_ratio"],
+            r["step_s"] * 1e3,
+            r["dispatch_s"] * 1e3,
+            r["experts_s"] * 1e3,
+            r["max_over_mean_load"],
+            f"{100 * r['dropped_share']:.1f}%",
+            f"{100 * r['step_time_cut']:.1f}%",
+        ]
+        for r in records
+    ]
+    table = markdown_table(
+        [
+            "EP",
+            "zipf",
+            "drop ratio",
+            "step ms",
+            "dispatch ms",
+            "experts ms",
+            "max/mean load",
+            "dropped",
+            "step time cut",
+        ],
+        rows,
+    )
+    header = (
+        f"Prefill {config.batch} x {config.seq_len} tokens, E={config.num_experts} top-{config.top_k}, "
+        f"H={config.hidden} I={config.intermediate}, row cost {config.row_cost_s * 1e6:.3g} us, "
+        f"link {config.link_gbps:g} GB/s, {config.steps} draws per point."
+    )
     return header + "\n\n" + table + "\n\nModel assumptions:\n" + "\n".join(ASSUMPTIONS)

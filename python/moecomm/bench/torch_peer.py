@@ -73,7 +73,9 @@ class TorchAllToAllV:
             dist.all_to_all_single(recv, send, recv_splits, send_splits, group=self.group)
         else:
             recv.copy_(send)
-        local_expert_of_row = torch.arange(self.num_local_experts).repeat(self.world_size).repeat_interleave(recv_counts)
+        local_expert_of_row = (
+            torch.arange(self.num_local_experts).repeat(self.world_size).repeat_interleave(recv_counts)
+        )
         regroup = torch.argsort(local_expert_of_row, stable=True)
         handle = TorchAllToAllVHandle(
             token_of_row=token_of_row,

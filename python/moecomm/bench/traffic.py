@@ -32,8 +32,9 @@ def even_source_ranks(num_tokens: int, num_ranks: int) -> torch.Tensor:
     return torch.arange(num_tokens) * num_ranks // max(1, num_tokens)
 
 
-def traffic_matrix(topk_ids: torch.Tensor, num_experts: int, num_ranks: int, source_ranks: torch.Tensor,
-                   unit: str = "pair") -> torch.Tensor:
+def traffic_matrix(
+    topk_ids: torch.Tensor, num_experts: int, num_ranks: int, source_ranks: torch.Tensor, unit: str = "pair"
+) -> torch.Tensor:
     """``[R, R]`` int64 rows from source rank s (row) to destination rank d (column).
 
     Args:
@@ -93,12 +94,16 @@ class StepTraffic:
     row_bytes: int
 
     @classmethod
-    def of(cls, topk_ids: torch.Tensor, num_experts: int, num_ranks: int, source_ranks: torch.Tensor,
-           row_bytes: int) -> StepTraffic:
+    def of(
+        cls, topk_ids: torch.Tensor, num_experts: int, num_ranks: int, source_ranks: torch.Tensor, row_bytes: int
+    ) -> StepTraffic:
         """Both matrices of ``topk_ids [T, K]`` whose tokens start on ``source_ranks [T]``."""
-        return cls(traffic_matrix(topk_ids, num_experts, num_ranks, source_ranks, "pair"),
-                   traffic_matrix(topk_ids, num_experts, num_ranks, source_ranks, "token"),
-                   int(topk_ids.shape[0]), int(row_bytes))
+        return cls(
+            traffic_matrix(topk_ids, num_experts, num_ranks, source_ranks, "pair"),
+            traffic_matrix(topk_ids, num_experts, num_ranks, source_ranks, "token"),
+            int(topk_ids.shape[0]),
+            int(row_bytes),
+        )
 
     def matrix(self, unit: str) -> torch.Tensor:
         if unit not in UNITS:

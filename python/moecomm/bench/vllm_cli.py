@@ -42,14 +42,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TypeError, ValueError) as error:
         parser.error(str(error))
     result = run_vllm_bench(config, model_dir=args.model_dir, log_dir=args.log_dir, progress=not args.no_progress)
-    print(f"## vLLM prefill throughput: Mixtral-style H={config.hidden}, I={config.intermediate}, "
-          f"E={config.num_experts}, K={config.top_k}, {config.num_layers} layers, {config.dtype}, "
-          f"TP={config.tensor_parallel}, {config.num_prompts} x {config.prompt_len} prompt tokens per call\n")
+    print(
+        f"## vLLM prefill throughput: Mixtral-style H={config.hidden}, I={config.intermediate}, "
+        f"E={config.num_experts}, K={config.top_k}, {config.num_layers} layers, {config.dtype}, "
+        f"TP={config.tensor_parallel}, {config.num_prompts} x {config.prompt_len} prompt tokens per call\n"
+    )
     print(result["table"] + "\n")
-    print("Cases ran one after another in the same run (one engine each, one core per TP worker); tokens/s = "
-          "prompt tokens / seconds of one llm.generate call (max_tokens=1, prefix caching off), median of "
-          f"{config.repeats} calls after {config.warmup} warm-up. Speedup = peer median time / case median time. "
-          "dropped share and max/mean load: from the plugin's drop stats, logged every engine step (summed; largest).")
+    print(
+        "Cases ran one after another in the same run (one engine each, one core per TP worker); tokens/s = "
+        "prompt tokens / seconds of one llm.generate call (max_tokens=1, prefix caching off), median of "
+        f"{config.repeats} calls after {config.warmup} warm-up. Speedup = peer median time / case median time. "
+        "dropped share and max/mean load: from the plugin's drop stats, logged every engine step (summed; largest)."
+    )
     for record in result["records"]:
         for failure in record["failed_attempts"]:
             print(f"\nNote: {record['name']} needed a second engine start; the first failed with:\n{failure}")
@@ -57,4 +61,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = shlex.join([sys.executable, *sys.argv])
         print(f"\nJSON: {write_json(args.json, {'vllm': result}, command)}")
     return 0
-

@@ -35,8 +35,8 @@ import torch
 
 from moecomm.bench.report import markdown_table, timing_record
 from moecomm.bench.timing import Timing
-from moecomm.testing.procs import kill_process_group
 from moecomm.ops._checks import check_choice, check_non_negative_int, check_positive_int, check_ratio, check_topology
+from moecomm.testing.procs import kill_process_group
 
 #: dtype names of the benchmark -> vLLM's ``dtype`` argument.
 VLLM_DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
@@ -92,8 +92,19 @@ class VllmBenchConfig:
     timeout_s: float = 240.0
 
     def __post_init__(self) -> None:
-        for name in ("hidden", "intermediate", "top_k", "num_layers", "num_heads", "head_dim", "vocab",
-                     "num_prompts", "prompt_len", "repeats", "kv_cache_bytes"):
+        for name in (
+            "hidden",
+            "intermediate",
+            "top_k",
+            "num_layers",
+            "num_heads",
+            "head_dim",
+            "vocab",
+            "num_prompts",
+            "prompt_len",
+            "repeats",
+            "kv_cache_bytes",
+        ):
             check_positive_int(name, getattr(self, name))
         check_non_negative_int("warmup", self.warmup)
         check_non_negative_int("seed", self.seed)
@@ -101,8 +112,9 @@ class VllmBenchConfig:
         if self.tensor_parallel < 2:
             raise ValueError(f"tensor_parallel: expected at least 2 (TP=EP ranks), got {self.tensor_parallel}")
         if self.num_heads % self.tensor_parallel:
-            raise ValueError(f"num_heads: expected a multiple of tensor_parallel={self.tensor_parallel}, "
-                             f"got {self.num_heads}")
+            raise ValueError(
+                f"num_heads: expected a multiple of tensor_parallel={self.tensor_parallel}, got {self.num_heads}"
+            )
         if self.top_k > self.num_experts:
             raise ValueError(f"top_k: expected at most num_experts={self.num_experts}, got {self.top_k}")
         if check_ratio("drop_ratio", self.drop_ratio) == 0.0:
@@ -127,7 +139,9 @@ def case_settings(config: VllmBenchConfig) -> dict[str, dict[str, Any]]:
         IN_TREE.format(tp=tp): {"ep": False, "moecomm": None},
         f"moecomm/tp{tp}-ep{tp}-dropless": {"ep": True, "moecomm": dropless},
         f"moecomm/tp{tp}-ep{tp}-drop{config.drop_ratio:g}": {
-            "ep": True, "moecomm": dict(dropless, token_drop_ratio=config.drop_ratio)},
+            "ep": True,
+            "moecomm": dict(dropless, token_drop_ratio=config.drop_ratio),
+        },
     }
 
 
@@ -150,27 +164,48 @@ def write_mixtral_checkpoint(model_dir: str, config: VllmBenchConfig) -> str:
     def norm(size: int) -> torch.Tensor:
         return (1 + 0.1 * torch.randn(size, generator=gen)).to(dtype)
 
-    weights = {"model.embed_tokens.weight": torch.randn(config.vocab, hidden, generator=gen).to(dtype),
-               "model.norm.weight": norm(hidden), "lm_head.weight": linear(config.vocab, hidden)}
+    weights = {
+        "model.embed_tokens.weight": torch.randn(config.vocab, hidden, generator=gen).to(dtype),
+        "model.norm.weight": norm(hidden),
+        "lm_head.weight": linear(config.vocab, hidden),
+    }
     for layer in range(config.num_layers):
         p = f"model.layers.{layer}."
-        weights |= {p + "self_attn.q_proj.weight": linear(attn, hidden),
-                    p + "self_attn.k_proj.weight": linear(attn, hidden),
-                    p + "self_attn.v_proj.weight": linear(attn, hidden),
-                    p + "self_attn.o_proj.weight": linear(hidden, attn),
-                    p + "input_layernorm.weight": norm(hidden), p + "post_attention_layernorm.weight": norm(hidden),
-                    p + "block_sparse_moe.gate.weight": linear(config.num_experts, hidden)}
+        weights |= {
+            p + "self_attn.q_proj.weight": linear(attn, hidden),
+            p + "self_attn.k_proj.weight": linear(attn, hidden),
+            p + "self_attn.v_proj.weight": linear(attn, hidden),
+            p + "self_attn.o_proj.weight": linear(hidden, attn),
+            p + "input_layernorm.weight": norm(hidden),
+            p + "post_attention_layernorm.weight": norm(hidden),
+            p + "block_sparse_moe.gate.weight": linear(config.num_experts, hidden),
+        }
         for e in range(config.num_experts):
             q = f"{p}block_sparse_moe.experts.{e}."
-            weights |= {q + "w1.weight": linear(inter, hidden), q + "w3.weight": linear(inter, hidden),
-                        q + "w2.weight": linear(hidden, inter)}
+            weights |= {
+                q + "w1.weight": linear(inter, hidden),
+                q + "w3.weight": linear(inter, hidden),
+                q + "w2.weight": linear(hidden, inter),
+            }
     model_config = dict(
-        architectures=["MixtralForCausalLM"], model_type="mixtral", hidden_size=hidden, intermediate_size=inter,
-        num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
-        num_key_value_heads=config.num_heads, head_dim=config.head_dim, vocab_size=config.vocab,
-        max_position_embeddings=max_model_len(config), rms_norm_eps=1e-5, rope_theta=10000.0,
-        torch_dtype=VLLM_DTYPES[config.dtype], tie_word_embeddings=False, hidden_act="silu",
-        num_local_experts=config.num_experts, num_experts_per_tok=config.top_k, sliding_window=None,
+        architectures=["MixtralForCausalLM"],
+        model_type="mixtral",
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_heads,
+        head_dim=config.head_dim,
+        vocab_size=config.vocab,
+        max_position_embeddings=max_model_len(config),
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        torch_dtype=VLLM_DTYPES[config.dtype],
+        tie_word_embeddings=False,
+        hidden_act="silu",
+        num_local_experts=config.num_experts,
+        num_experts_per_tok=config.top_k,
+        sliding_window=None,
     )
     with open(os.path.join(model_dir, "config.json"), "w", encoding="utf-8") as f:
         json.dump(model_config, f)
@@ -201,12 +236,19 @@ def engine_worker(spec: dict[str, Any]) -> dict[str, Any]:
     prompts = [{"prompt_token_ids": ids} for ids in make_prompts(config)]
     started = time.perf_counter()
     llm = LLM(
-        model=spec["model"], skip_tokenizer_init=True, enforce_eager=True, dtype=VLLM_DTYPES[config.dtype],
-        tensor_parallel_size=config.tensor_parallel, enable_expert_parallel=spec["ep"],
+        model=spec["model"],
+        skip_tokenizer_init=True,
+        enforce_eager=True,
+        dtype=VLLM_DTYPES[config.dtype],
+        tensor_parallel_size=config.tensor_parallel,
+        enable_expert_parallel=spec["ep"],
         additional_config={"moecomm": spec["moecomm"]} if spec["moecomm"] is not None else {},
-        max_model_len=max_model_len(config), max_num_seqs=config.num_prompts,
-        max_num_batched_tokens=config.batch_tokens, kv_cache_memory_bytes=config.kv_cache_bytes,
-        enable_prefix_caching=False, seed=config.seed,
+        max_model_len=max_model_len(config),
+        max_num_seqs=config.num_prompts,
+        max_num_batched_tokens=config.batch_tokens,
+        kv_cache_memory_bytes=config.kv_cache_bytes,
+        enable_prefix_caching=False,
+        seed=config.seed,
     )
     startup_s = time.perf_counter() - started
     params = SamplingParams(max_tokens=1, temperature=0, detokenize=False)
@@ -216,8 +258,10 @@ def engine_worker(spec: dict[str, Any]) -> dict[str, Any]:
         outputs = llm.generate(prompts, params, use_tqdm=False)
         elapsed = time.perf_counter() - started
         if len(outputs) != config.num_prompts or any(len(o.prompt_token_ids) != config.prompt_len for o in outputs):
-            raise RuntimeError(f"generate call {call}: expected {config.num_prompts} outputs of "
-                               f"{config.prompt_len} prompt tokens, got {len(outputs)}")
+            raise RuntimeError(
+                f"generate call {call}: expected {config.num_prompts} outputs of "
+                f"{config.prompt_len} prompt tokens, got {len(outputs)}"
+            )
         first_tokens = [int(o.outputs[0].token_ids[0]) for o in outputs]
         if call >= config.warmup:
             samples.append(elapsed)
@@ -230,8 +274,9 @@ def run_case(name: str, spec: dict[str, Any], config: VllmBenchConfig) -> tuple[
     log) if it fails or times out; the process group is killed either way."""
     env = dict(os.environ, VLLM_CPU_OMP_THREADS_BIND=config.cpu_bind, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "moecomm.bench.vllm_throughput", "--worker", json.dumps(spec)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env=env)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env
+    )
     try:
         log, _ = proc.communicate(timeout=config.timeout_s)
     except subprocess.TimeoutExpired:
@@ -243,7 +288,7 @@ def run_case(name: str, spec: dict[str, Any], config: VllmBenchConfig) -> tuple[
     lines = [line for line in log.splitlines() if line.startswith(RESULT_MARK)]
     if proc.returncode != 0 or not lines:
         raise CaseFailed(name, f"engine exited with code {proc.returncode}", log)
-    return json.loads(lines[-1][len(RESULT_MARK):]), log
+    return json.loads(lines[-1][len(RESULT_MARK) :]), log
 
 
 class CaseFailed(RuntimeError):
@@ -251,13 +296,15 @@ class CaseFailed(RuntimeError):
 
     def __init__(self, name: str, reason: str, log: str) -> None:
         errors = [line for line in log.splitlines() if re.search(r"Error|Exception|Segmentation|Killed", line)]
-        super().__init__(f"case {name}: {reason}; error lines:\n" + "\n".join(errors[:30])
-                         + f"\nlog tail:\n{log[-3000:]}")
+        super().__init__(
+            f"case {name}: {reason}; error lines:\n" + "\n".join(errors[:30]) + f"\nlog tail:\n{log[-3000:]}"
+        )
         self.log = log
 
 
-def run_case_with_retry(name: str, spec: dict[str, Any], config: VllmBenchConfig,
-                        log_dir: str | None) -> tuple[dict[str, Any], str, list[str]]:
+def run_case_with_retry(
+    name: str, spec: dict[str, Any], config: VllmBenchConfig, log_dir: str | None
+) -> tuple[dict[str, Any], str, list[str]]:
     """:func:`run_case`, tried a second time if the first attempt fails (engines on a shared host sometimes
     fail to start); returns (result, log, reasons of failed attempts). Logs go to ``log_dir`` if given."""
     failures: list[str] = []
@@ -286,16 +333,29 @@ def write_log(log_dir: str | None, name: str, log: str) -> None:
 def drop_stats_from_log(log: str) -> list[dict[str, float]]:
     """The plugin's drop-statistics lines in ``log`` as ``{"dropped_share", "dropped_pairs", "total_pairs",
     "max_load", "mean_load", "max_over_mean"}`` dicts, in log order."""
-    return [{"dropped_share": float(m["share"]), "dropped_pairs": int(m["dropped"]), "total_pairs": int(m["total"]),
-             "max_load": int(m["max"]), "mean_load": float(m["mean"]), "max_over_mean": float(m["imbalance"])}
-            for m in DROP_STATS_PATTERN.finditer(log)]
+    return [
+        {
+            "dropped_share": float(m["share"]),
+            "dropped_pairs": int(m["dropped"]),
+            "total_pairs": int(m["total"]),
+            "max_load": int(m["max"]),
+            "mean_load": float(m["mean"]),
+            "max_over_mean": float(m["imbalance"]),
+        }
+        for m in DROP_STATS_PATTERN.finditer(log)
+    ]
 
 
 # ---- the whole run --------------------------------------------------------------------------------------
 
 
-def run_vllm_bench(config: VllmBenchConfig | None = None, *, model_dir: str | None = None,
-                   log_dir: str | None = None, progress: bool = True) -> dict[str, Any]:
+def run_vllm_bench(
+    config: VllmBenchConfig | None = None,
+    *,
+    model_dir: str | None = None,
+    log_dir: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Writes the checkpoint and runs every case of :func:`case_settings` one after another (see the module doc).
 
     Args:
@@ -356,9 +416,12 @@ def summarise(config: VllmBenchConfig, results: dict[str, tuple[dict[str, Any], 
         if name not in (in_tree, dropless):
             ratios[f"speedup_vs_{dropless}"] = timings[dropless].median / median
         same = sum(a == b for a, b in zip(result["first_tokens"], reference_tokens))
-        extra: dict[str, Any] = {"tokens_per_s": config.batch_tokens / median, "startup_s": result["startup_s"],
-                                 "same_first_tokens_as_in_tree": f"{same}/{len(reference_tokens)}",
-                                 "moecomm": settings[name]["moecomm"]}
+        extra: dict[str, Any] = {
+            "tokens_per_s": config.batch_tokens / median,
+            "startup_s": result["startup_s"],
+            "same_first_tokens_as_in_tree": f"{same}/{len(reference_tokens)}",
+            "moecomm": settings[name]["moecomm"],
+        }
         if settings[name]["ep"]:
             # One line per engine step (a generate call may take more than one step: the engine starts on
             # the first requests while later ones arrive); every call runs the same prompts, so all logged
@@ -374,14 +437,36 @@ def summarise(config: VllmBenchConfig, results: dict[str, tuple[dict[str, Any], 
 
 def vllm_table(records: list[dict[str, Any]]) -> str:
     """Markdown: one row per case (tokens/s from the median call; speedups measured in the same run)."""
-    rows = [[r["name"], r["tokens_per_s"], tokens_per_s_at(r, "p90_s"), tokens_per_s_at(r, "p10_s"),
-             r["median_s"], ", ".join(f"{v:.2f}x vs {k.removeprefix('speedup_vs_')}" for k, v in r["ratios"].items()),
-             r.get("logged_dropped_share"), r.get("logged_max_over_mean"), r["same_first_tokens_as_in_tree"],
-             r["startup_s"]]
-            for r in records]
-    return markdown_table(["case", "tokens/s (median)", "tokens/s (p10)", "tokens/s (p90)", "s per call",
-                           "speedup (same run)", "dropped share (logged)", "max/mean load per EP rank",
-                           "first token = in-tree", "engine start s"], rows)
+    rows = [
+        [
+            r["name"],
+            r["tokens_per_s"],
+            tokens_per_s_at(r, "p90_s"),
+            tokens_per_s_at(r, "p10_s"),
+            r["median_s"],
+            ", ".join(f"{v:.2f}x vs {k.removeprefix('speedup_vs_')}" for k, v in r["ratios"].items()),
+            r.get("logged_dropped_share"),
+            r.get("logged_max_over_mean"),
+            r["same_first_tokens_as_in_tree"],
+            r["startup_s"],
+        ]
+        for r in records
+    ]
+    return markdown_table(
+        [
+            "case",
+            "tokens/s (median)",
+            "tokens/s (p10)",
+            "tokens/s (p90)",
+            "s per call",
+            "speedup (same run)",
+            "dropped share (logged)",
+            "max/mean load per EP rank",
+            "first token = in-tree",
+            "engine start s",
+        ],
+        rows,
+    )
 
 
 def tokens_per_s_at(record: dict[str, Any], time_key: str) -> float:
@@ -399,15 +484,27 @@ def add_vllm_arguments(parser: argparse.ArgumentParser) -> None:
     d = VllmBenchConfig()
     add = parser.add_argument
     add("--hidden", type=positive_int, default=d.hidden, help=f"hidden size H (default {d.hidden})")
-    add("--intermediate", type=positive_int, default=d.intermediate,
-        help=f"expert FFN size I (default {d.intermediate})")
+    add(
+        "--intermediate",
+        type=positive_int,
+        default=d.intermediate,
+        help=f"expert FFN size I (default {d.intermediate})",
+    )
     add("--experts", type=positive_int, default=d.num_experts, help=f"experts E (default {d.num_experts})")
     add("--top-k", type=positive_int, default=d.top_k, help=f"experts per token K (default {d.top_k})")
     add("--layers", type=positive_int, default=d.num_layers, help=f"decoder layers (default {d.num_layers})")
-    add("--tp", type=positive_int, default=d.tensor_parallel,
-        help=f"tensor parallel size = EP size (default {d.tensor_parallel})")
-    add("--drop-ratio", type=drop_ratio, default=d.drop_ratio,
-        help=f"token_drop_ratio of the dropping case, in (0, 1) (default {d.drop_ratio})")
+    add(
+        "--tp",
+        type=positive_int,
+        default=d.tensor_parallel,
+        help=f"tensor parallel size = EP size (default {d.tensor_parallel})",
+    )
+    add(
+        "--drop-ratio",
+        type=drop_ratio,
+        default=d.drop_ratio,
+        help=f"token_drop_ratio of the dropping case, in (0, 1) (default {d.drop_ratio})",
+    )
     add("--dtype", choices=tuple(VLLM_DTYPES), default=d.dtype, help=f"weights and activations (default {d.dtype})")
     add("--prompts", type=positive_int, default=d.num_prompts, help=f"prompts per call (default {d.num_prompts})")
     add("--prompt-len", type=positive_int, default=d.prompt_len, help=f"tokens per prompt (default {d.prompt_len})")
@@ -415,23 +512,40 @@ def add_vllm_arguments(parser: argparse.ArgumentParser) -> None:
     add("--warmup", type=non_negative_int, default=d.warmup, help=f"untimed calls first (default {d.warmup})")
     add("--seed", type=non_negative_int, default=d.seed, help=f"weights and prompts seed (default {d.seed})")
     add("--cpu-bind", default=d.cpu_bind, help=f"VLLM_CPU_OMP_THREADS_BIND of each engine (default {d.cpu_bind!r})")
-    add("--timeout", type=positive_float, default=d.timeout_s,
-        help=f"seconds before a case is killed (default {d.timeout_s:g})")
+    add(
+        "--timeout",
+        type=positive_float,
+        default=d.timeout_s,
+        help=f"seconds before a case is killed (default {d.timeout_s:g})",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> VllmBenchConfig:
     """The :class:`VllmBenchConfig` of parsed flags; raises ValueError naming a bad or inconsistent value."""
     return VllmBenchConfig(
-        hidden=args.hidden, intermediate=args.intermediate, num_experts=args.experts, top_k=args.top_k,
-        num_layers=args.layers, tensor_parallel=args.tp, drop_ratio=args.drop_ratio, dtype=args.dtype,
-        num_prompts=args.prompts, prompt_len=args.prompt_len, repeats=args.repeats, warmup=args.warmup,
-        seed=args.seed, cpu_bind=args.cpu_bind, timeout_s=args.timeout,
+        hidden=args.hidden,
+        intermediate=args.intermediate,
+        num_experts=args.experts,
+        top_k=args.top_k,
+        num_layers=args.layers,
+        tensor_parallel=args.tp,
+        drop_ratio=args.drop_ratio,
+        dtype=args.dtype,
+        num_prompts=args.prompts,
+        prompt_len=args.prompt_len,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        seed=args.seed,
+        cpu_bind=args.cpu_bind,
+        timeout_s=args.timeout,
     )
 
 
 if __name__ == "__main__":
     # Case subprocess: python -m moecomm.bench.vllm_throughput --worker '<json spec>'
     if len(sys.argv) != 3 or sys.argv[1] != "--worker":
-        sys.exit("usage: python -m moecomm.bench.vllm_throughput --worker '<json spec>' (run by run_vllm_bench; "
-                 "to benchmark, run bench/vllm_throughput.py)")
+        sys.exit(
+            "usage: python -m moecomm.bench.vllm_throughput --worker '<json spec>' (run by run_vllm_bench; "
+            "to benchmark, run bench/vllm_throughput.py)"
+        )
     print(RESULT_MARK + json.dumps(engine_worker(json.loads(sys.argv[2]))), flush=True)

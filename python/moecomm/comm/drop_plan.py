@@ -143,7 +143,9 @@ def effective_weights(topk_weights: torch.Tensor, is_kept: torch.Tensor | None, 
     kept = torch.where(is_kept, weights, torch.zeros_like(weights))
     if renormalize:
         kept_total = kept.sum(dim=1, keepdim=True)
-        scale = torch.where(kept_total != 0, weights.sum(dim=1, keepdim=True) / kept_total, torch.zeros_like(kept_total))
+        scale = torch.where(
+            kept_total != 0, weights.sum(dim=1, keepdim=True) / kept_total, torch.zeros_like(kept_total)
+        )
         kept = kept * scale
     return kept.contiguous()
 
@@ -237,7 +239,12 @@ def plan_step(
         if pair_capacity is not None:
             quota = quota_within_pair_capacity(quota, config.drop_scope, num_ranks, pair_capacity)
         is_kept = backend.select_kept(
-            ids, weights, num_experts, capacity=quota.to(ids.device), scope=config.drop_scope, num_ranks=num_ranks,
+            ids,
+            weights,
+            num_experts,
+            capacity=quota.to(ids.device),
+            scope=config.drop_scope,
+            num_ranks=num_ranks,
             policy=config.drop_policy,
         )
         layout = backend.route_layout(ids, num_experts, num_ranks, is_kept)
@@ -250,7 +257,12 @@ def plan_step(
         if pair_capacity is not None:
             cap, scope = pair_capacity, "pair"
             is_kept = backend.select_kept(
-                ids, weights, num_experts, capacity=pair_capacity, scope="rank", num_ranks=num_ranks,
+                ids,
+                weights,
+                num_experts,
+                capacity=pair_capacity,
+                scope="rank",
+                num_ranks=num_ranks,
                 policy=config.drop_policy,
             )
         elif config.capacity_factor is not None:

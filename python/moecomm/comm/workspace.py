@@ -42,7 +42,11 @@ class Workspace:
             return self.allocate(tuple(shape), dtype, device)
         arena = self._arenas.get(name)
         if arena is None or arena.numel() < nbytes or arena.device != torch.device(device):
-            capacity = nbytes if arena is None or arena.device != torch.device(device) else max(nbytes, int(arena.numel() * GROWTH))
+            capacity = (
+                nbytes
+                if arena is None or arena.device != torch.device(device)
+                else max(nbytes, int(arena.numel() * GROWTH))
+            )
             capacity = max(64, -(-capacity // 64) * 64)  # keep every dtype's view aligned
             arena = self.allocate((capacity,), torch.uint8, device)
             self._arenas[name] = arena

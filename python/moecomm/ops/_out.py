@@ -40,7 +40,9 @@ def new_tensor(sized_by: str, shape: tuple[int, ...], *, dtype: torch.dtype, dev
     try:
         return torch.empty(shape, dtype=dtype, device=device)
     except (RuntimeError, MemoryError) as error:  # torch reports allocation failures as RuntimeError
-        raise MemoryError(f"{sized_by}: cannot allocate the output of shape {list(shape)} ({nbytes} bytes): {error}") from None
+        raise MemoryError(
+            f"{sized_by}: cannot allocate the output of shape {list(shape)} ({nbytes} bytes): {error}"
+        ) from None
 
 
 def output_buffer(
@@ -68,12 +70,16 @@ def output_buffer(
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor or None, got {type(out).__name__}")
     if out.dtype != dtype:
-        raise TypeError(f"{name}: expected dtype {str(dtype).replace('torch.', '')}, got {str(out.dtype).replace('torch.', '')}")
+        raise TypeError(
+            f"{name}: expected dtype {str(dtype).replace('torch.', '')}, got {str(out.dtype).replace('torch.', '')}"
+        )
     if out.device != device:
         raise ValueError(f"{name}: expected a tensor on {device} (where the inputs are), got device {out.device}")
     if tuple(out.shape) != tuple(shape) or not out.is_contiguous():
-        raise ValueError(f"{name}: expected a contiguous tensor of shape {list(shape)}, got {list(out.shape)} "
-                         f"with strides {list(out.stride())}")
+        raise ValueError(
+            f"{name}: expected a contiguous tensor of shape {list(shape)}, got {list(out.shape)} "
+            f"with strides {list(out.stride())}"
+        )
     for input_name, tensor in inputs.items():
         if tensor is not None and overlaps(out, tensor):
             raise ValueError(

@@ -63,7 +63,9 @@ def check_layout(layout: object, device: torch.device) -> RouteLayout:
     try:
         check_topology(layout.num_experts, layout.num_ranks)
         ids = check_tensor("topk_ids", layout.topk_ids, dim=2, dtypes=ID_DTYPES, device=device)
-        counts = check_tensor("tokens_per_expert", layout.tokens_per_expert, dim=1, dtypes=(torch.int64,), device=device)
+        counts = check_tensor(
+            "tokens_per_expert", layout.tokens_per_expert, dim=1, dtypes=(torch.int64,), device=device
+        )
         rows = check_tensor("row_of_pair", layout.row_of_pair, dim=2, dtypes=(torch.int64,), device=device)
     except (TypeError, ValueError) as error:
         raise type(error)(f"layout: {error}") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from moecomm import _C
-from moecomm.ops._checks import INT64_MAX, ACTIVATION_DTYPES, check_non_negative_int, check_tensor, exact_sum
+from moecomm.ops._checks import ACTIVATION_DTYPES, INT64_MAX, check_non_negative_int, check_tensor, exact_sum
 from moecomm.ops._device import reference_ops, runs_natively
 from moecomm.ops._native import num_threads, tensor_arg
 from moecomm.ops._out import output_buffer
@@ -65,8 +65,14 @@ def pack_padded(
     if not runs_natively(rows):
         return reference_ops().pack_padded(rows, counts, capacity, out=out)
     rows, counts_64, capacity = check_pack_args(rows, counts, capacity)
-    out = output_buffer(out, (counts_64.numel(), capacity, rows.shape[1]), dtype=rows.dtype, device=rows.device,
-                        inputs={"rows": rows, "counts": counts}, sized_by="capacity")
+    out = output_buffer(
+        out,
+        (counts_64.numel(), capacity, rows.shape[1]),
+        dtype=rows.dtype,
+        device=rows.device,
+        inputs={"rows": rows, "counts": counts},
+        sized_by="capacity",
+    )
     _C.pack_padded(tensor_arg("rows", rows), tensor_arg("counts", counts_64), tensor_arg("out", out), num_threads())
     return out
 
@@ -88,7 +94,15 @@ def unpack_padded(buffer: torch.Tensor, counts: torch.Tensor, *, out: torch.Tens
     if not runs_natively(buffer):
         return reference_ops().unpack_padded(buffer, counts, out=out)
     buffer, counts_64 = check_unpack_args(buffer, counts)
-    out = output_buffer(out, (exact_sum(counts_64, buffer.shape[1]), buffer.shape[2]), dtype=buffer.dtype, device=buffer.device,
-                        inputs={"buffer": buffer, "counts": counts}, sized_by="counts")
-    _C.unpack_padded(tensor_arg("buffer", buffer), tensor_arg("counts", counts_64), tensor_arg("out", out), num_threads())
+    out = output_buffer(
+        out,
+        (exact_sum(counts_64, buffer.shape[1]), buffer.shape[2]),
+        dtype=buffer.dtype,
+        device=buffer.device,
+        inputs={"buffer": buffer, "counts": counts},
+        sized_by="counts",
+    )
+    _C.unpack_padded(
+        tensor_arg("buffer", buffer), tensor_arg("counts", counts_64), tensor_arg("out", out), num_threads()
+    )
     return out

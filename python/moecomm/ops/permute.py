@@ -64,8 +64,14 @@ def permute(
         return reference_ops().permute(x, layout, is_kept, out=out)
     x, layout = check_permute_args(x, layout)
     layout = kept_layout(layout, is_kept)
-    out = output_buffer(out, (layout.num_rows, x.shape[1]), dtype=x.dtype, device=x.device,
-                        inputs={"x": x, "layout": layout.row_of_pair}, sized_by="x")
+    out = output_buffer(
+        out,
+        (layout.num_rows, x.shape[1]),
+        dtype=x.dtype,
+        device=x.device,
+        inputs={"x": x, "layout": layout.row_of_pair},
+        sized_by="x",
+    )
     _C.permute(tensor_arg("x", x), tensor_arg("layout", layout.row_of_pair), tensor_arg("out", out), num_threads())
     return out
 
@@ -98,8 +104,14 @@ def unpermute(
     y, layout, weights = check_unpermute_args(y, layout, topk_weights)
     layout = kept_layout(layout, is_kept)
     check_row_count("y", y, layout)
-    out = output_buffer(out, (layout.topk_ids.shape[0], y.shape[1]), dtype=y.dtype, device=y.device,
-                        inputs={"y": y, "topk_weights": weights, "layout": layout.row_of_pair}, sized_by="y")
+    out = output_buffer(
+        out,
+        (layout.topk_ids.shape[0], y.shape[1]),
+        dtype=y.dtype,
+        device=y.device,
+        inputs={"y": y, "topk_weights": weights, "layout": layout.row_of_pair},
+        sized_by="y",
+    )
     weights_f32 = weights.to(torch.float32).contiguous()  # held here: a TensorArg does not own its memory
     _C.unpermute(
         tensor_arg("y", y),

@@ -24,8 +24,8 @@ import torch
 
 from moecomm import _C
 from moecomm.ops._checks import ACTIVATION_DTYPES, _names, check_choice, check_tensor
-from moecomm.ops._out import output_buffer
 from moecomm.ops._native import num_threads, tensor_arg
+from moecomm.ops._out import output_buffer
 
 QUANT_KINDS = ("int8", "fp8")
 FP8_BLOCK_COLS = 128
@@ -88,7 +88,9 @@ def check_dequantize_args(
     shape = fmt.scales_shape(q.shape[0], q.shape[1])
     scales = check_tensor("scales", scales, dim=len(shape), dtypes=(torch.float32,))
     if tuple(scales.shape) != shape:
-        raise ValueError(f"scales: expected shape {list(shape)} for {fmt.kind} rows of shape {list(q.shape)}, got {list(scales.shape)}")
+        raise ValueError(
+            f"scales: expected shape {list(shape)} for {fmt.kind} rows of shape {list(q.shape)}, got {list(scales.shape)}"
+        )
     if dtype not in ACTIVATION_DTYPES:
         raise TypeError(f"dtype: expected one of {{{_names(ACTIVATION_DTYPES)}}}, got {dtype!r}")
     return q, scales, fmt
@@ -116,8 +118,15 @@ def quantize_rows(
     num_rows, hidden = x.shape
     inputs = {"x": x}
     q = output_buffer(out, (num_rows, hidden), dtype=fmt.dtype, device=x.device, inputs=inputs, sized_by="x")
-    scales = output_buffer(out_scales, fmt.scales_shape(num_rows, hidden), dtype=torch.float32, device=x.device,
-                           inputs={**inputs, "out": q}, sized_by="x", name="out_scales")
+    scales = output_buffer(
+        out_scales,
+        fmt.scales_shape(num_rows, hidden),
+        dtype=torch.float32,
+        device=x.device,
+        inputs={**inputs, "out": q},
+        sized_by="x",
+        name="out_scales",
+    )
     _C.quantize_rows(tensor_arg("x", x), tensor_arg("out", q), tensor_arg("out_scales", scales), num_threads())
     return q, scales
 
@@ -138,8 +147,9 @@ def dequantize_rows(
         ``[N, H]`` of ``dtype``.
     """
     q, scales, fmt = check_dequantize_args(q, scales, kind, dtype)
-    out = output_buffer(out, tuple(q.shape), dtype=dtype, device=q.device, inputs={"q": q, "scales": scales},
-                        sized_by="q")
+    out = output_buffer(
+        out, tuple(q.shape), dtype=dtype, device=q.device, inputs={"q": q, "scales": scales}, sized_by="q"
+    )
     q, scales = q.contiguous(), scales.contiguous()  # named: the copies must outlive the native call
     _C.dequantize_rows(tensor_arg("q", q), tensor_arg("scales", scales), tensor_arg("out", out), num_threads())
     return out

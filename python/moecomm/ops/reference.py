@@ -15,8 +15,8 @@ from moecomm.ops._out import new_tensor, output_buffer
 from moecomm.ops.capacity import capacity_for_ratio, capacity_from_factor, drop_budget
 from moecomm.ops.layout import RouteLayout, tokens_per_rank_of
 from moecomm.ops.padded import check_pack_args, check_unpack_args
-from moecomm.ops.reference_quant import dequantize_rows, quantize_rows
 from moecomm.ops.permute import check_permute_args, check_row_count, check_unpermute_args
+from moecomm.ops.reference_quant import dequantize_rows, quantize_rows
 from moecomm.ops.regroup import check_regroup_args
 from moecomm.ops.select import check_select_args
 
@@ -114,8 +114,14 @@ def permute(
     x, layout = check_permute_args(x, layout)
     layout = kept_layout_reference(layout, is_kept)
     check_rows_cover(layout)
-    out = output_buffer(out, (layout.num_rows, x.shape[1]), dtype=x.dtype, device=x.device,
-                        inputs={"x": x, "layout": layout.row_of_pair}, sized_by="x")
+    out = output_buffer(
+        out,
+        (layout.num_rows, x.shape[1]),
+        dtype=x.dtype,
+        device=x.device,
+        inputs={"x": x, "layout": layout.row_of_pair},
+        sized_by="x",
+    )
     num_tokens, top_k = layout.row_of_pair.shape
     rows = layout.row_of_pair.reshape(-1)
     token_of_pair = torch.arange(num_tokens, device=x.device).repeat_interleave(top_k)
@@ -138,8 +144,14 @@ def unpermute(
     check_row_count("y", y, layout)
     check_rows_cover(layout)
     num_tokens, top_k = layout.row_of_pair.shape
-    out = output_buffer(out, (num_tokens, y.shape[1]), dtype=y.dtype, device=y.device,
-                        inputs={"y": y, "topk_weights": weights, "layout": layout.row_of_pair}, sized_by="y")
+    out = output_buffer(
+        out,
+        (num_tokens, y.shape[1]),
+        dtype=y.dtype,
+        device=y.device,
+        inputs={"y": y, "topk_weights": weights, "layout": layout.row_of_pair},
+        sized_by="y",
+    )
     rows = layout.row_of_pair.reshape(-1)
     kept = rows >= 0
     token_of_pair = torch.arange(num_tokens, device=y.device).repeat_interleave(top_k)[kept]
@@ -154,8 +166,14 @@ def pack_padded(
 ) -> torch.Tensor:
     """Reference of :func:`moecomm.ops.pack_padded`: a loop over buckets."""
     rows, counts_64, capacity = check_pack_args(rows, counts, capacity)
-    out = output_buffer(out, (counts_64.numel(), capacity, rows.shape[1]), dtype=rows.dtype, device=rows.device,
-                        inputs={"rows": rows, "counts": counts}, sized_by="capacity")
+    out = output_buffer(
+        out,
+        (counts_64.numel(), capacity, rows.shape[1]),
+        dtype=rows.dtype,
+        device=rows.device,
+        inputs={"rows": rows, "counts": counts},
+        sized_by="capacity",
+    )
     out.zero_()
     for b, part in enumerate(torch.split(rows, counts_64.tolist())):
         out[b, : part.shape[0]] = part
@@ -166,8 +184,14 @@ def unpack_padded(buffer: torch.Tensor, counts: torch.Tensor, *, out: torch.Tens
     """Reference of :func:`moecomm.ops.unpack_padded`: a loop over buckets."""
     buffer, counts_64 = check_unpack_args(buffer, counts)
     sizes = counts_64.tolist()
-    out = output_buffer(out, (sum(sizes), buffer.shape[2]), dtype=buffer.dtype, device=buffer.device,
-                        inputs={"buffer": buffer, "counts": counts}, sized_by="counts")
+    out = output_buffer(
+        out,
+        (sum(sizes), buffer.shape[2]),
+        dtype=buffer.dtype,
+        device=buffer.device,
+        inputs={"buffer": buffer, "counts": counts},
+        sized_by="counts",
+    )
     if sizes:
         torch.cat([buffer[b, :n] for b, n in enumerate(sizes)], out=out)
     return out
@@ -176,8 +200,14 @@ def unpack_padded(buffer: torch.Tensor, counts: torch.Tensor, *, out: torch.Tens
 def regroup_blocks(rows: torch.Tensor, block_rows: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """Reference of :func:`moecomm.ops.regroup_blocks`: split into blocks, transpose the grid, concatenate."""
     rows, blocks = check_regroup_args(rows, block_rows)
-    out = output_buffer(out, tuple(rows.shape), dtype=rows.dtype, device=rows.device,
-                        inputs={"rows": rows, "block_rows": block_rows}, sized_by="rows")
+    out = output_buffer(
+        out,
+        tuple(rows.shape),
+        dtype=rows.dtype,
+        device=rows.device,
+        inputs={"rows": rows, "block_rows": block_rows},
+        sized_by="rows",
+    )
     pieces = torch.split(rows, blocks.reshape(-1).tolist())
     num_outer, num_inner = blocks.shape
     reordered = [pieces[a * num_inner + b] for b in range(num_inner) for a in range(num_outer)]

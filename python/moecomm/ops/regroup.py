@@ -32,7 +32,9 @@ def check_regroup_args(rows: object, block_rows: object) -> tuple[torch.Tensor, 
     if blocks.numel():
         low, high = int(blocks.min()), int(blocks.max())
         if low < 0 or high > num_rows:
-            raise ValueError(f"block_rows: expected every block size in [0, {num_rows}] (the rows of rows), got [{low}, {high}]")
+            raise ValueError(
+                f"block_rows: expected every block size in [0, {num_rows}] (the rows of rows), got [{low}, {high}]"
+            )
     total = exact_sum(blocks, num_rows)
     if total != num_rows:
         raise ValueError(f"block_rows: sum is {total}, expected the {num_rows} rows of rows")
@@ -58,7 +60,13 @@ def regroup_blocks(rows: torch.Tensor, block_rows: torch.Tensor, *, out: torch.T
     if not runs_natively(rows):
         return reference_ops().regroup_blocks(rows, block_rows, out=out)
     rows, blocks = check_regroup_args(rows, block_rows)
-    out = output_buffer(out, tuple(rows.shape), dtype=rows.dtype, device=rows.device,
-                        inputs={"rows": rows, "block_rows": block_rows}, sized_by="rows")
+    out = output_buffer(
+        out,
+        tuple(rows.shape),
+        dtype=rows.dtype,
+        device=rows.device,
+        inputs={"rows": rows, "block_rows": block_rows},
+        sized_by="rows",
+    )
     _C.regroup_blocks(tensor_arg("rows", rows), tensor_arg("block_rows", blocks), tensor_arg("out", out), num_threads())
     return out

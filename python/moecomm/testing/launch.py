@@ -189,5 +189,9 @@ def run_local(
         why = "timed out" if time.monotonic() >= deadline else "were stopped after another rank failed"
         parts.append(f"ranks {killed} did not finish ({why}; limit {timeout_s:g} s) and were killed")
     failed = sorted(set(tracebacks) | set(unfinished))
-    raise LocalRunError(f"run_local({getattr(fn, '__name__', fn)!r}, world_size={world_size}): " + "\n".join(parts),
-                        failed, values, tracebacks)
+    raise LocalRunError(
+        f"run_local({getattr(fn, '__name__', fn)!r}, world_size={world_size}): " + "\n".join(parts),
+        failed,
+        values,
+        tracebacks,
+    )

@@ -73,7 +73,8 @@ class AllgatherDispatcher(Dispatcher):
         gathered_layout = backend.route_layout(local_ids, self.num_local_experts, 1, is_mine)
         row_bytes = x.shape[1] * x.element_size() + ids.shape[1] * (8 + 4)
         stats = dataclasses.replace(
-            plan.stats, rows_sent=(self.world_size - 1) * max_tokens,
+            plan.stats,
+            rows_sent=(self.world_size - 1) * max_tokens,
             bytes_sent=(self.world_size - 1) * max_tokens * row_bytes,
         )
         handle = AllgatherHandle(
@@ -91,7 +92,9 @@ class AllgatherDispatcher(Dispatcher):
         expert_y = self.check_combine(expert_y, handle, AllgatherHandle)
         backend = self.backend_for(expert_y)
         partial = backend.unpermute(  # [R * max_T, H]
-            expert_y, handle.gathered_layout, handle.gathered_weights,
+            expert_y,
+            handle.gathered_layout,
+            handle.gathered_weights,
             out=self.workspace.buffer(
                 "partial", (handle.gathered_weights.shape[0], expert_y.shape[1]), expert_y.dtype, expert_y.device
             ),

@@ -64,13 +64,23 @@ class AlltoallDispatcher(Dispatcher):
     def _padded(self, name: str, capacity: int, like: torch.Tensor) -> torch.Tensor:
         return self.workspace.buffer(name, (self.world_size, capacity, like.shape[1]), like.dtype, like.device)
 
-    def _exchange(self, phase: str, rows: torch.Tensor, counts: torch.Tensor, capacity: int, out_rows: str,
-                  out_counts: torch.Tensor) -> torch.Tensor:
+    def _exchange(
+        self,
+        phase: str,
+        rows: torch.Tensor,
+        counts: torch.Tensor,
+        capacity: int,
+        out_rows: str,
+        out_counts: torch.Tensor,
+    ) -> torch.Tensor:
         """Pads ``rows`` into ``[R, C, H]`` by ``counts``, exchanges equal parts, unpads by ``out_counts``."""
         backend = self.backend_for(rows)
         padded = backend.pack_padded(rows, counts, capacity, out=self._padded("padded_send", capacity, rows))
         received = self.transport.all_to_all(
-            phase, "padded row exchange", padded, self.world_size,
+            phase,
+            "padded row exchange",
+            padded,
+            self.world_size,
             out=None if self.world_size == 1 else self._padded("padded_recv", capacity, rows),
         )
         return backend.unpack_padded(received, out_counts, out=self.buffer(out_rows, int(out_counts.sum()), rows))
@@ -106,6 +116,7 @@ class AlltoallDispatcher(Dispatcher):
         expert_y = self.check_combine(expert_y, handle, AlltoallHandle)
         backend = self.backend_for(expert_y)
         source_major = self.to_source_major(backend, expert_y, handle)
-        returned = self._exchange("combine", source_major, handle.recv_counts, handle.pair_capacity, "send",
-                                  handle.send_counts)
+        returned = self._exchange(
+            "combine", source_major, handle.recv_counts, handle.pair_capacity, "send", handle.send_counts
+        )
         return backend.unpermute(returned, handle.layout, handle.topk_weights)

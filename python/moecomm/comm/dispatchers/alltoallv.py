@@ -72,7 +72,11 @@ class AlltoallvDispatcher(Dispatcher):
         self.exchange = token_exchange(self.transport, self.workspace)
 
     def _routing_metadata(
-        self, ids: torch.Tensor, is_kept: torch.Tensor, weights: torch.Tensor, dest_layout: RouteLayout,
+        self,
+        ids: torch.Tensor,
+        is_kept: torch.Tensor,
+        weights: torch.Tensor,
+        dest_layout: RouteLayout,
         dest_mask: torch.Tensor,
     ) -> torch.Tensor:
         """``[N_send, 2K]`` int32 per sent token row: its K local expert ids on the destination (-1 where the pair
@@ -82,7 +86,9 @@ class AlltoallvDispatcher(Dispatcher):
         rows = dest_layout.row_of_pair[dest_mask]
         token_of_row = torch.empty(rows.numel(), dtype=torch.int64, device=device)
         dest_of_row = torch.empty_like(token_of_row)
-        token_of_row[rows] = torch.arange(num_tokens, device=device).unsqueeze(1).expand(num_tokens, num_ranks)[dest_mask]
+        token_of_row[rows] = (
+            torch.arange(num_tokens, device=device).unsqueeze(1).expand(num_tokens, num_ranks)[dest_mask]
+        )
         dest_of_row[rows] = torch.arange(num_ranks, device=device).expand(num_tokens, num_ranks)[dest_mask]
         row_ids = ids.to(torch.int64)[token_of_row]
         first = (dest_of_row * self.num_local_experts).unsqueeze(1)
@@ -107,9 +113,15 @@ class AlltoallvDispatcher(Dispatcher):
         plan = self.plan_step(x, ids, weights, extra_counts=tokens_per_destination)
         if num_ranks == 1:  # nothing crosses: the token rows are x itself
             fields = self.handle_fields(x.shape[0], plan)
-            handle = AlltoallvHandle(**fields, send_splits=[x.shape[0]], recv_splits=[x.shape[0]],
-                                     token_counts=plan.extra_counts, dest_layout=None,
-                                     recv_layout=plan.layout, recv_weights=plan.topk_weights)
+            handle = AlltoallvHandle(
+                **fields,
+                send_splits=[x.shape[0]],
+                recv_splits=[x.shape[0]],
+                token_counts=plan.extra_counts,
+                dest_layout=None,
+                recv_layout=plan.layout,
+                recv_weights=plan.topk_weights,
+            )
             return backend.permute(x, plan.layout, out=self.buffer("expert_x", plan.layout.num_rows, x)), handle
         dest_mask = masks[-1]
         counts = plan.extra_counts  # [R, R] token rows (source, destination)
@@ -127,16 +139,23 @@ class AlltoallvDispatcher(Dispatcher):
         fields = self.handle_fields(x.shape[0], plan)
         if not torch.equal(recv_layout.tokens_per_expert.cpu(), fields["tokens_per_local_expert"]):
             raise self.transport.fail(
-                "dispatch", "routing exchange",
+                "dispatch",
+                "routing exchange",
                 f"received routing names {recv_layout.tokens_per_expert.tolist()} rows per local expert, the count "
                 f"exchange promised {fields['tokens_per_local_expert'].tolist()}",
             )
         row_bytes = x.shape[1] * x.element_size() + metadata.shape[1] * metadata.element_size()
         crossed = sum(send_splits) - send_splits[self.rank]
         fields["stats"] = dataclasses.replace(plan.stats, rows_sent=crossed, bytes_sent=crossed * row_bytes)
-        handle = AlltoallvHandle(**fields, send_splits=send_splits, recv_splits=recv_splits, token_counts=counts,
-                                 dest_layout=dest_layout,
-                                 recv_layout=recv_layout, recv_weights=recv_weights)
+        handle = AlltoallvHandle(
+            **fields,
+            send_splits=send_splits,
+            recv_splits=recv_splits,
+            token_counts=counts,
+            dest_layout=dest_layout,
+            recv_layout=recv_layout,
+            recv_weights=recv_weights,
+        )
         expert_x = backend.permute(received_rows, recv_layout, out=self.buffer("expert_x", recv_layout.num_rows, x))
         return expert_x, handle
 

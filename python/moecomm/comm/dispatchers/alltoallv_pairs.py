@@ -56,7 +56,12 @@ class AlltoallvPairsDispatcher(Dispatcher):
         recv_splits = received.sum(dim=1).tolist()
         rows = backend.permute(x, plan.layout, out=self.buffer("send", plan.layout.num_rows, x))
         received_rows = self.transport.all_to_all(
-            "dispatch", "row exchange", rows, sum(recv_splits), recv_splits, send_splits,
+            "dispatch",
+            "row exchange",
+            rows,
+            sum(recv_splits),
+            recv_splits,
+            send_splits,
             out=None if self.world_size == 1 else self.buffer("recv", sum(recv_splits), x),
         )
         stats = dataclasses.replace(plan.stats, **pair_rows_sent(send_splits, self.rank, x.shape[1] * x.element_size()))
@@ -73,7 +78,12 @@ class AlltoallvPairsDispatcher(Dispatcher):
         backend = self.backend_for(expert_y)
         source_major = self.to_source_major(backend, expert_y, handle)
         returned = self.transport.all_to_all(
-            "combine", "row exchange", source_major, sum(handle.send_splits), handle.send_splits, handle.recv_splits,
+            "combine",
+            "row exchange",
+            source_major,
+            sum(handle.send_splits),
+            handle.send_splits,
+            handle.recv_splits,
             out=None if self.world_size == 1 else self.buffer("send", sum(handle.send_splits), expert_y),
         )
         return backend.unpermute(returned, handle.layout, handle.topk_weights)

@@ -131,8 +131,16 @@ class Dispatcher:
         """Count exchange + drop plan of one step (see :func:`moecomm.comm.drop_plan.plan_step`)."""
         self.steps_dispatched += 1
         return plan_step(
-            self.config, self.backend_for(x), self.transport, self.name, self.num_experts, x, ids, weights,
-            pair_capacity=self.pair_capacity(ids.shape[1]), **options,
+            self.config,
+            self.backend_for(x),
+            self.transport,
+            self.name,
+            self.num_experts,
+            x,
+            ids,
+            weights,
+            pair_capacity=self.pair_capacity(ids.shape[1]),
+            **options,
         )
 
     def handle_fields(
@@ -147,7 +155,9 @@ class Dispatcher:
             "is_kept": plan.is_kept,
             "topk_weights": plan.topk_weights,
             "layout": plan.layout,
-            "tokens_per_local_expert": received.sum(dim=0) if tokens_per_local_expert is None else tokens_per_local_expert,
+            "tokens_per_local_expert": received.sum(dim=0)
+            if tokens_per_local_expert is None
+            else tokens_per_local_expert,
             "received_from_rank": received,
             "stats": plan.stats,
         }
@@ -158,7 +168,9 @@ class Dispatcher:
 
     # ---- block order of received rows ----
 
-    def to_expert_major(self, backend: KernelBackend, received_rows: torch.Tensor, handle: DispatchHandle) -> torch.Tensor:
+    def to_expert_major(
+        self, backend: KernelBackend, received_rows: torch.Tensor, handle: DispatchHandle
+    ) -> torch.Tensor:
         """Received rows ``[N_recv, H]`` from (source rank, local expert) to (local expert, source rank) order,
         into the workspace's ``expert_x`` buffer."""
         if self.world_size == 1:
@@ -236,7 +248,9 @@ class Dispatcher:
                 if label == "expert_y dtype":
                     shown = [str(ACTIVATION_DTYPES[v]).replace("torch.", "") for v in shown]
                 per_rank = ", ".join(f"rank {r}: {v}" for r, v in enumerate(shown))
-                raise ValueError(f"rank {self.rank}: {self.name} combine refused: {label} differs across ranks ({per_rank})")
+                raise ValueError(
+                    f"rank {self.rank}: {self.name} combine refused: {label} differs across ranks ({per_rank})"
+                )
 
     # ---- the interface ----
 

@@ -67,7 +67,12 @@ class CollectiveTokenExchange:
             "dispatch", "routing exchange", metadata, sum(recv_splits), recv_splits, send_splits
         )
         received_rows = self.transport.all_to_all(
-            "dispatch", "token exchange", rows, sum(recv_splits), recv_splits, send_splits,
+            "dispatch",
+            "token exchange",
+            rows,
+            sum(recv_splits),
+            recv_splits,
+            send_splits,
             out=self._buffer("recv", sum(recv_splits), x),
         )
         return received_rows, received_metadata
@@ -76,7 +81,12 @@ class CollectiveTokenExchange:
         """Sends ``partial [N_in, H]`` rows back to their sources; returns this rank's ``[N_back, H]``."""
         send_splits, recv_splits = self._splits(counts)
         return self.transport.all_to_all(
-            "combine", "partial exchange", partial, sum(send_splits), send_splits, recv_splits,
+            "combine",
+            "partial exchange",
+            partial,
+            sum(send_splits),
+            send_splits,
+            recv_splits,
             out=self._buffer("send", sum(send_splits), partial),
         )
 
@@ -126,7 +136,9 @@ class RegionTokenExchange:
             rows_view = region[first * row_bytes : (first + count) * row_bytes].view(x.dtype).view(count, hidden)
             backend.permute(x, self._one_destination(backend, dest_layout, dest), out=rows_view)
             meta_start = _aligned(sum(peer_in) * row_bytes) + first * meta_width * 4
-            meta_view = region[meta_start : meta_start + count * meta_width * 4].view(torch.int32).view(count, meta_width)
+            meta_view = (
+                region[meta_start : meta_start + count * meta_width * 4].view(torch.int32).view(count, meta_width)
+            )
             meta_view.copy_(metadata[send_offsets[dest] : send_offsets[dest] + count])
         transport.sync("dispatch", "token exchange")
         own = transport.region(rank, "dispatch")

@@ -114,12 +114,15 @@ class ShmTransport(Transport):
         record = torch.zeros(_NAME_BYTES + 8, dtype=torch.uint8)
         name = _C.shm_random_name().encode()
         record[: len(name)] = torch.frombuffer(bytearray(name), dtype=torch.uint8)
-        record[_NAME_BYTES:] = torch.frombuffer(bytearray(_C.shm_random_nonce().to_bytes(8, "little")), dtype=torch.uint8)
+        record[_NAME_BYTES:] = torch.frombuffer(
+            bytearray(_C.shm_random_nonce().to_bytes(8, "little")), dtype=torch.uint8
+        )
         table = bootstrap.all_gather("setup", "shm segment names", record)
         names = [bytes(table[r, :_NAME_BYTES].numpy()).rstrip(b"\0").decode() for r in range(self.world_size)]
         nonce = int.from_bytes(bytes(table[0, _NAME_BYTES:].numpy()), "little")
         self._group = self.step(
-            "setup", "shm segment setup",
+            "setup",
+            "shm segment setup",
             lambda: _C.ShmGroup(self.rank, self.world_size, nonce, names, self.timeout_s),
         )
 
@@ -139,7 +142,10 @@ class ShmTransport(Transport):
         other_hosts = [r for r in range(transport.world_size) if not torch.equal(table[r, :32], table[0, :32])]
         broken = [r for r in range(transport.world_size) if int(table[r, 32]) != 0]
         if other_hosts:
-            return False, f"ranks {other_hosts} do not share this host (kernel boot, host name, PID namespace, /dev/shm) with rank 0"
+            return (
+                False,
+                f"ranks {other_hosts} do not share this host (kernel boot, host name, PID namespace, /dev/shm) with rank 0",
+            )
         if broken:
             return False, f"POSIX shared memory does not work on ranks {broken}" + (f" ({failure})" if failure else "")
         return True, f"all {transport.world_size} ranks share this host and POSIX shared memory works"
@@ -167,10 +173,16 @@ class ShmTransport(Transport):
         shape = (self.world_size, *tensor.shape)
         out = tensor.new_empty(shape) if out is None else check_out(out, shape, tensor)
         native = self._native()
-        self.step(phase, step, lambda: native.all_gather(
-            _rows_as_bytes("tensor", tensor, rows), _rows_as_bytes("out", out, self.world_size * rows),
-            num_threads(), self.timeout_s,
-        ))
+        self.step(
+            phase,
+            step,
+            lambda: native.all_gather(
+                _rows_as_bytes("tensor", tensor, rows),
+                _rows_as_bytes("out", out, self.world_size * rows),
+                num_threads(),
+                self.timeout_s,
+            ),
+        )
         return out
 
     def all_to_all(
@@ -190,16 +202,26 @@ class ShmTransport(Transport):
         tensor = tensor.contiguous()
         rows = int(tensor.shape[0])
         sent = _equal_splits("input_splits", rows, self.world_size) if input_splits is None else input_splits
-        received = _equal_splits("output_splits", output_rows, self.world_size) if output_splits is None else output_splits
+        received = (
+            _equal_splits("output_splits", output_rows, self.world_size) if output_splits is None else output_splits
+        )
         sent = _check_splits("input_splits", sent, self.world_size, rows)
         received = _check_splits("output_splits", received, self.world_size, output_rows)
         shape = (output_rows, *tensor.shape[1:])
         result = tensor.new_empty(shape) if out is None else check_out(out, shape, tensor)
         native = self._native()
-        self.step(phase, step, lambda: native.all_to_all(
-            _rows_as_bytes("tensor", tensor, rows), sent, _rows_as_bytes("out", result, output_rows), received,
-            num_threads(), self.timeout_s,
-        ))
+        self.step(
+            phase,
+            step,
+            lambda: native.all_to_all(
+                _rows_as_bytes("tensor", tensor, rows),
+                sent,
+                _rows_as_bytes("out", result, output_rows),
+                received,
+                num_threads(),
+                self.timeout_s,
+            ),
+        )
         return result
 
     def reduce_scatter(

@@ -25,7 +25,12 @@ BACKEND_DEVICE = {"gloo": "cpu", "nccl": "cuda", "hccl": "npu"}
 
 def check_out(out: torch.Tensor, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     """Checks a caller's receive buffer: contiguous, ``shape``, ``like``'s dtype and device."""
-    if tuple(out.shape) != tuple(shape) or out.dtype != like.dtype or out.device != like.device or not out.is_contiguous():
+    if (
+        tuple(out.shape) != tuple(shape)
+        or out.dtype != like.dtype
+        or out.device != like.device
+        or not out.is_contiguous()
+    ):
         raise ValueError(
             f"out: expected a contiguous {like.dtype} tensor of shape {list(shape)} on {like.device}, "
             f"got {out.dtype} {list(out.shape)} on {out.device}"
@@ -111,8 +116,12 @@ class TorchTransport(Transport):
 
         def action() -> None:
             work = dist.all_to_all_single(
-                received, tensor, output_split_sizes=output_splits, input_split_sizes=input_splits,
-                group=self.group, async_op=True,
+                received,
+                tensor,
+                output_split_sizes=output_splits,
+                input_split_sizes=input_splits,
+                group=self.group,
+                async_op=True,
             )
             self._wait(work)
 

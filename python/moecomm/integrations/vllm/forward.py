@@ -47,7 +47,10 @@ def ep_moe_forward(
     num_tokens = x.shape[0]
     owned = token_slice(num_tokens, tp_rank, tp_size)
     local_out, handle = run_moe_step(
-        dispatcher, x[owned], topk_ids[owned], topk_weights[owned],
+        dispatcher,
+        x[owned],
+        topk_ids[owned],
+        topk_weights[owned],
         lambda expert_x, tokens_per_expert: swiglu_experts(expert_x, tokens_per_expert, w13, w2),
     )
     if tp_size == 1:

@@ -210,8 +210,16 @@ class MoeCommFusedMoEMethod(UnquantizedFusedMoEMethod):
         if self._dispatcher is None:
             raise RuntimeError("moecomm vLLM plugin: apply() before process_weights_after_loading()")
         out, handle = ep_moe_forward(
-            self._dispatcher, x, topk_ids, topk_weights, layer.w13_weight, layer.w2_weight,
-            tp_rank=self._tp_rank, tp_size=self._tp_size, tp_group=self._tp_group, gather=self._gather_output,
+            self._dispatcher,
+            x,
+            topk_ids,
+            topk_weights,
+            layer.w13_weight,
+            layer.w2_weight,
+            tp_rank=self._tp_rank,
+            tp_size=self._tp_size,
+            tp_group=self._tp_group,
+            gather=self._gather_output,
         )
         self._stats_log.record(layer.layer_name, handle.stats)
         return out

@@ -29,9 +29,7 @@ def token_slice(num_tokens: int, rank: int, world_size: int) -> slice:
     return slice(start, min(start + per_rank, num_tokens))
 
 
-def gather_token_slices(
-    local_out: torch.Tensor, num_tokens: int, group: dist.ProcessGroup | None
-) -> torch.Tensor:
+def gather_token_slices(local_out: torch.Tensor, num_tokens: int, group: dist.ProcessGroup | None) -> torch.Tensor:
     """All-gathers each rank's output slice into the full ``[num_tokens, H]`` output on every rank.
 
     Args:

@@ -39,9 +39,7 @@ def parse_plugin_config(additional_config: Any, default_max_tokens_per_rank: int
     if additional_config is None:
         return MoECommConfig()
     if not isinstance(additional_config, dict):
-        raise PluginConfigError(
-            f"--additional-config: expected a JSON object, got {type(additional_config).__name__}"
-        )
+        raise PluginConfigError(f"--additional-config: expected a JSON object, got {type(additional_config).__name__}")
     values = additional_config.get(CONFIG_KEY)
     if values is None:
         return MoECommConfig()
