@@ -133,3 +133,14 @@ def transport_choice(rank: int, world_size: int, transport: str, fake_other_host
         "log": records,
         "y_shape": list(y.shape),
     }
+
+
+def raise_after_timeout(rank: int, world_size: int, timeout_s: float) -> str:
+    """Rank 0's step times out (rank 1 never arrives) and raises; rank 1 sleeps far past the run."""
+    config = MoECommConfig(transport="torch", timeout_s=timeout_s)
+    dispatcher = make_dispatcher(config, 4, _group(world_size))
+    if rank == 1:
+        time.sleep(120)
+        return "late rank"
+    dispatcher.dispatch(torch.randn(6, 8), torch.randint(0, 4, (6, 2)), torch.rand(6, 2))
+    return "no error"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from step_workers import broken_after_timeout, late_setup
+import time
+
+from step_workers import broken_after_timeout, late_setup, raise_after_timeout
 
 from moecomm.testing.launch import LocalRunError, run_local
 
@@ -37,3 +39,15 @@ def test_comm_timed_out_dispatcher_refuses_reuse_at_once() -> None:
     assert result["seconds"] < 6.0, result
     assert result["again"].startswith("CommStepError") and "is broken" in result["again"], result
     assert result["again_seconds"] < 0.5, result
+
+
+def test_run_local_reports_the_ranks_own_error_after_a_timed_out_step() -> None:
+    start = time.monotonic()
+    try:
+        run_local(raise_after_timeout, 2, 1.5, timeout_s=60.0)
+    except LocalRunError as error:
+        message = str(error)
+    else:
+        raise AssertionError("run_local returned although rank 0 raised")
+    assert "rank 0 raised" in message and "CommStepError" in message and "count exchange" in message, message
+    assert time.monotonic() - start < 30.0

@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import pickle
 import queue
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from typing import Any
 
 #: Seconds the other ranks get to finish (or fail on their own) after one rank failed.
 FAILURE_GRACE_S = 10.0
+#: Seconds a rank's process group teardown may take after its result is posted.
+TEARDOWN_S = 5.0
 
 
 class LocalRunError(RuntimeError):
@@ -48,9 +51,15 @@ def _rank_main(
     args: tuple[Any, ...],
     results: multiprocessing.Queue,
 ) -> None:
-    """Body of one spawned rank: join the gloo group, run ``fn``, post ``(rank, ok, payload)``."""
+    """Body of one spawned rank: join the gloo group, run ``fn``, post ``(rank, ok, payload)``, tear down.
+
+    The result (or the rank's own traceback) is posted and flushed *before* the group is torn down: a group
+    with an abandoned collective (a step that timed out) may block its teardown, and the parent must still
+    get this rank's own error. Teardown then gets :data:`TEARDOWN_S` seconds before the process exits anyway.
+    """
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    joined = False
     try:
         import torch
         import torch.distributed as dist
@@ -59,17 +68,29 @@ def _rank_main(
         timeout = timedelta(seconds=group_timeout_s)
         store = dist.TCPStore("127.0.0.1", store_port, world_size, is_master=False, timeout=timeout)
         dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size, timeout=timeout)
-        try:
-            value = fn(rank, world_size, *args)
-        finally:
-            try:
-                dist.destroy_process_group()
-            except Exception:  # a broken group (a peer died) may fail to tear down; the result stands
-                pass
-        payload = pickle.dumps(value)  # by value: no shared-memory handles that die with this process
-        results.put((rank, True, payload))
+        joined = True
+        value = fn(rank, world_size, *args)
+        message = (rank, True, pickle.dumps(value))  # by value: no shared-memory handles that die with us
     except BaseException:  # noqa: BLE001 - report everything, including KeyboardInterrupt / SystemExit
-        results.put((rank, False, traceback.format_exc()))
+        message = (rank, False, traceback.format_exc())
+    results.put(message)
+    results.close()
+    results.join_thread()  # the message is in the pipe before anything can block
+    if joined:
+        teardown = threading.Thread(target=_destroy_group, daemon=True)
+        teardown.start()
+        teardown.join(TEARDOWN_S)
+        if teardown.is_alive():  # stuck on an abandoned collective: the result is already posted
+            os._exit(0)
+
+
+def _destroy_group() -> None:
+    import torch.distributed as dist
+
+    try:
+        dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - a broken group (a peer died) may fail to tear down; the result stands
+        pass
 
 
 def run_local(
