@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from moecomm.ops._checks import check_choice, check_non_negative_int, check_positive_int, check_ratio
+from moecomm.checks import check_choice, check_non_negative_int, check_positive_int, check_ratio
 from moecomm.registry import DISPATCHERS as _DISPATCHER_TABLE
 from moecomm.registry import KERNEL_BACKENDS, TRANSPORTS, names
 

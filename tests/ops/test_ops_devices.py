@@ -162,7 +162,7 @@ def test_mixed_devices_are_refused_naming_the_argument(impl):
 
 
 def test_check_tensor_device_rules():
-    from moecomm.ops._checks import check_tensor
+    from moecomm.checks import check_tensor
 
     cpu = torch.zeros(2, 2)
     assert check_tensor("a", cpu, dim=2, dtypes=(torch.float32,)) is cpu

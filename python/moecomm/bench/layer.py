@@ -32,7 +32,7 @@ from moecomm.bench.dispatch import synced_time
 from moecomm.bench.progress import progress_task
 from moecomm.bench.report import markdown_table, ms, timing_record
 from moecomm.bench.timing import Timing, measure_interleaved
-from moecomm.ops._checks import check_choice, check_non_negative_int, check_positive_int, check_ratio, check_topology
+from moecomm.checks import check_choice, check_non_negative_int, check_positive_int, check_ratio, check_topology
 
 #: transformers experts implementations the block can be timed with (``config._experts_implementation``).
 HF_IMPLS = ("eager", "grouped_mm")

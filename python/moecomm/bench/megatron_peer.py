@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from moecomm.bench.kernels import dense_routing, load_megatron_module
-from moecomm.ops._checks import check_topk_ids, check_topk_weights, check_topology
+from moecomm.checks import check_topk_ids, check_topk_weights, check_topology
 
 #: Bench case name -> Megatron-Core dispatcher class name.
 MEGATRON_DISPATCHERS = {

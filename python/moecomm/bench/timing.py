@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from moecomm.ops._checks import check_choice, check_non_negative_int, check_positive_int
+from moecomm.checks import check_choice, check_non_negative_int, check_positive_int
 
 
 @dataclass(frozen=True)

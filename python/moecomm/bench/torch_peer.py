@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from moecomm.ops._checks import check_topk_ids, check_topk_weights, check_topology
+from moecomm.checks import check_topk_ids, check_topk_weights, check_topology
 
 
 @dataclass

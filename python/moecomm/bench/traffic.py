@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from moecomm.ops._checks import check_topk_ids, check_topology
+from moecomm.checks import check_topk_ids, check_topology
 
 PAGE_BYTES = 4096
 UNITS = ("pair", "token")

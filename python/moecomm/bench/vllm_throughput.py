@@ -35,7 +35,7 @@ import torch
 
 from moecomm.bench.report import markdown_table, timing_record
 from moecomm.bench.timing import Timing
-from moecomm.ops._checks import check_choice, check_non_negative_int, check_positive_int, check_ratio, check_topology
+from moecomm.checks import check_choice, check_non_negative_int, check_positive_int, check_ratio, check_topology
 from moecomm.testing.procs import kill_process_group
 
 #: dtype names of the benchmark -> vLLM's ``dtype`` argument.

@@ -15,10 +15,10 @@ import torch
 
 from moecomm import ops
 from moecomm.backends.base import KernelBackend
+from moecomm.checks import ACTIVATION_DTYPES, check_choice, check_topology
 from moecomm.comm.handle import DropStats
 from moecomm.comm.transports.base import Transport
 from moecomm.config import MoECommConfig
-from moecomm.ops._checks import ACTIVATION_DTYPES, check_choice, check_topology
 
 SCOPES = ("rank", "expert")
 

@@ -15,11 +15,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from moecomm.checks import ACTIVATION_DTYPES, check_positive_int, check_tensor
 from moecomm.comm.moe_step import run_moe_step
 from moecomm.layer.experts import swiglu_experts
 from moecomm.layer.router import TopKRouter
 from moecomm.layer.shared_experts import SharedExperts
-from moecomm.ops._checks import ACTIVATION_DTYPES, check_positive_int, check_tensor
 from moecomm.registry import BLOCK_ADAPTERS, load
 
 if TYPE_CHECKING:

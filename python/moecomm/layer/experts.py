@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from moecomm.ops._checks import ACTIVATION_DTYPES, ID_DTYPES, check_tensor
+from moecomm.checks import ACTIVATION_DTYPES, ID_DTYPES, check_tensor
 
 GroupedMM = Callable[..., torch.Tensor]
 

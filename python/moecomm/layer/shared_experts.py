@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moecomm.ops._checks import ACTIVATION_DTYPES, check_positive_int, check_tensor
+from moecomm.checks import ACTIVATION_DTYPES, check_positive_int, check_tensor
 
 
 class SharedExperts(nn.Module):

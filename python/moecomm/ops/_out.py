@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import torch
 
-from moecomm.ops._checks import INT64_MAX
+from moecomm.checks import INT64_MAX
 
 
 def byte_span(tensor: torch.Tensor) -> tuple[int, int] | None:

@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import torch
 
-from moecomm.ops._checks import INT64_MAX, check_non_negative_int, check_positive_int, check_ratio, exact_sum
+from moecomm.checks import INT64_MAX, check_non_negative_int, check_positive_int, check_ratio, exact_sum
 
 
 def drop_budget(total_pairs: int, drop_ratio: float) -> int:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from moecomm import _C
-from moecomm.ops._checks import ID_DTYPES, check_is_kept, check_tensor, check_topk_ids, check_topology, exact_sum
+from moecomm.checks import ID_DTYPES, check_is_kept, check_tensor, check_topk_ids, check_topology, exact_sum
 from moecomm.ops._device import reference_ops, runs_natively
 from moecomm.ops._native import num_threads, tensor_arg
 from moecomm.ops._out import new_tensor

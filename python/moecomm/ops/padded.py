@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from moecomm import _C
-from moecomm.ops._checks import ACTIVATION_DTYPES, INT64_MAX, check_non_negative_int, check_tensor, exact_sum
+from moecomm.checks import ACTIVATION_DTYPES, INT64_MAX, check_non_negative_int, check_tensor, exact_sum
 from moecomm.ops._device import reference_ops, runs_natively
 from moecomm.ops._native import num_threads, tensor_arg
 from moecomm.ops._out import output_buffer

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from moecomm import _C
-from moecomm.ops._checks import ACTIVATION_DTYPES, _names, check_choice, check_tensor
+from moecomm.checks import ACTIVATION_DTYPES, _names, check_choice, check_tensor
 from moecomm.ops._native import num_threads, tensor_arg
 from moecomm.ops._out import output_buffer
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from moecomm.ops._checks import check_is_kept, check_topk_ids, check_topology
+from moecomm.checks import check_is_kept, check_topk_ids, check_topology
 from moecomm.ops._out import new_tensor, output_buffer
 from moecomm.ops.capacity import capacity_for_ratio, capacity_from_factor, drop_budget
 from moecomm.ops.layout import RouteLayout, tokens_per_rank_of

@@ -7,7 +7,7 @@ import numbers
 import torch
 
 from moecomm import _C
-from moecomm.ops._checks import (
+from moecomm.checks import (
     check_choice,
     check_non_negative_int,
     check_tensor,

@@ -17,12 +17,12 @@ import torch
 import torch.distributed as dist
 
 from moecomm.backends import KernelBackend, select_backend
+from moecomm.checks import ACTIVATION_DTYPES, check_tensor, check_topk_ids, check_topk_weights, check_topology
 from moecomm.comm.drop_plan import StepPlan, plan_step
 from moecomm.comm.handle import DispatchHandle
 from moecomm.comm.transports import make_transport
 from moecomm.comm.workspace import Workspace
 from moecomm.config import MoECommConfig
-from moecomm.ops._checks import ACTIVATION_DTYPES, check_tensor, check_topk_ids, check_topk_weights, check_topology
 
 
 class Dispatcher:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from moecomm.ops._checks import ACTIVATION_DTYPES, check_tensor
+from moecomm.checks import ACTIVATION_DTYPES, check_tensor
 
 
 def token_slice(num_tokens: int, rank: int, world_size: int) -> slice:

@@ -1,4 +1,4 @@
-"""Argument checks shared by the native ops and their pure-torch references.
+"""Argument checks shared by every layer of moecomm (ops, references, dispatchers, transports, config, layer).
 
 Every check raises before any kernel or collective runs, and names the argument it rejects.
 """
