@@ -112,7 +112,7 @@ def _bad_inputs(rank: int, world_size: int, case: dict[str, Any]) -> dict[str, s
 def _config_mismatch(rank: int, world_size: int, case: dict[str, Any]) -> str:
     config = dict(case["config"])
     if rank == world_size - 1:
-        config["token_drop_ratio"] = 0.25
+        config.update(case.get("mismatch", {"token_drop_ratio": 0.25}))
     return _expect_error(lambda: make_dispatcher(MoECommConfig.from_dict(config), case["experts"], dist.group.WORLD))
 
 

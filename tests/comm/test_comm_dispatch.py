@@ -97,6 +97,8 @@ def _base_cases(world_size: int) -> list[dict[str, Any]]:
             config={"capacity_factor": 1.5, "token_drop_ratio": 0.15, "drop_scope": "expert"},
         ),
         _case("alltoallv", mixed, 55, kind="config_mismatch"),
+        # the transport choice is collective: a rank on another transport is stopped before any path splits
+        _case("alltoallv", mixed, 58, kind="config_mismatch", mismatch={"transport": "auto"}),
         _case("alltoall", [t + 1 for t in mixed], 56, kind="bad_inputs"),
         _case("allgather", mixed, 57, kind="bad_inputs"),
     ]
@@ -242,9 +244,12 @@ def test_comm_dispatch_case(world_size: int, index: int) -> None:
     if case["kind"] == "roundtrip":
         _check_roundtrip(case, world_size, results)
     elif case["kind"] == "config_mismatch":
+        key, value = next(iter(case.get("mismatch", {"token_drop_ratio": 0.25}).items()))
         for rank, message in enumerate(results):
-            assert message.startswith("ValueError") and "token_drop_ratio" in message, f"rank {rank}: {message}"
-            assert f"rank {world_size - 1}=0.25" in message and "rank 0=0.0" in message
+            assert message.startswith("ValueError") and key in message, f"rank {rank}: {message}"
+            assert (
+                f"rank {world_size - 1}={value!r}" in message and f"rank 0={case['config'].get(key, 0.0)!r}" in message
+            )
     else:  # bad_inputs: each raised a clear error locally, on every rank
         expected = {
             "id_range": ("ValueError", "topk_ids"),

@@ -21,6 +21,7 @@ from moecomm.checks import ACTIVATION_DTYPES, check_tensor, check_topk_ids, chec
 from moecomm.comm.drop_plan import StepPlan, plan_step
 from moecomm.comm.handle import DispatchHandle
 from moecomm.comm.transports import make_transport
+from moecomm.comm.transports.torch_dist import TorchTransport
 from moecomm.comm.workspace import Workspace
 from moecomm.config import MoECommConfig
 
@@ -51,9 +52,12 @@ class Dispatcher:
         if config.dispatcher != self.name:
             raise ValueError(f"config: dispatcher is {config.dispatcher!r}, this is the {self.name!r} dispatcher")
         self.config = config
+        # Agree on the config first (over the caller's group): choosing the transport is itself collective,
+        # so ranks that disagree on it must be stopped before they take different paths.
+        bootstrap = TorchTransport(group, config.timeout_s, self.name)
+        self.num_experts, _ = check_topology(num_experts, bootstrap.world_size)
+        bootstrap.check_same_settings({**config.to_dict(), "num_experts": num_experts})
         self.transport = make_transport(config.transport, group, config.timeout_s, self.name)
-        self.num_experts, _ = check_topology(num_experts, self.transport.world_size)
-        self.transport.check_same_settings({**config.to_dict(), "num_experts": num_experts})
         self.workspace = Workspace(self._allocate, fresh=fresh_buffers)
         self.steps_dispatched = 0
 
