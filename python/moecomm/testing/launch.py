@@ -99,6 +99,7 @@ def run_local(
     *args: Any,
     timeout_s: float = 120.0,
     group_timeout_s: float | None = None,
+    failure_grace_s: float = FAILURE_GRACE_S,
 ) -> list[Any]:
     """Runs ``fn(rank, world_size, *args)`` on ``world_size`` spawned processes in one gloo group.
 
@@ -110,6 +111,8 @@ def run_local(
             process is killed and :class:`LocalRunError` names the ranks that had not finished.
         group_timeout_s: timeout of the default process group (collectives that wait longer raise on
             their rank); defaults to ``timeout_s``.
+        failure_grace_s: seconds the other ranks get to report after one rank failed or died (give it more
+            than the survivors' own bounded waits).
 
     Returns:
         The ranks' return values, in rank order.
@@ -127,6 +130,8 @@ def run_local(
     group_timeout_s = float(timeout_s if group_timeout_s is None else group_timeout_s)
     if not group_timeout_s > 0:
         raise ValueError(f"group_timeout_s: expected a number > 0, got {group_timeout_s!r}")
+    if not failure_grace_s > 0:
+        raise ValueError(f"failure_grace_s: expected a number > 0, got {failure_grace_s!r}")
 
     # The parent owns the rendezvous store on an OS-chosen free port (port 0): no port races.
     store = dist.TCPStore(
@@ -155,7 +160,7 @@ def run_local(
             now = time.monotonic()
             if now >= deadline:
                 break
-            if first_failure is not None and now >= first_failure + FAILURE_GRACE_S:
+            if first_failure is not None and now >= first_failure + failure_grace_s:
                 break
             try:
                 rank, ok, payload = results.get(timeout=0.05)
