@@ -350,8 +350,8 @@ void Group::map_peer_region(int peer, int index, const Deadline& deadline) {
     // Superseded while we looked, or not mappable: retry within the deadline.
     if (!peers_[static_cast<size_t>(peer)].alive()) {
       forget_dead_peer(peer);
-      break_with(MOECOMM_SHM_EPEERDEAD, "rank " + std::to_string(peer) + " exited while its region '" +
-                                            label + "' was being mapped");
+      break_with(MOECOMM_SHM_EPEERDEAD, "rank " + std::to_string(peer) + " (pid " + std::to_string(pid) +
+                                            ") exited while its region '" + label + "' was being mapped");
     }
     if (deadline.passed()) {
       break_with(MOECOMM_SHM_ETIMEOUT, who + " ('" + label + "', generation " + std::to_string(generation) +
