@@ -159,6 +159,9 @@ void run_on_ids(const TensorArg& topk_ids, int64_t num_experts, Fn&& fn) {
   }
 }
 
+
+}  // namespace
+
 // Turns cpu::check_row_cover's code `bad` for row_of_pair [T, K] and N rows into an error naming the
 // argument (the Python ops name it "layout").
 void check_rows(const TensorArg& row_of_pair, int64_t bad, int64_t num_rows) {
@@ -176,8 +179,6 @@ void check_rows(const TensorArg& row_of_pair, int64_t bad, int64_t num_rows) {
   fail(row_of_pair,
        at + " repeats a row of an earlier pair: every row in " + rows + " must be used exactly once");
 }
-
-}  // namespace
 
 void route_layout(const TensorArg& topk_ids, int64_t num_experts, const std::optional<TensorArg>& is_kept,
                   const TensorArg& tokens_per_expert, const TensorArg& row_of_pair, int num_threads) {
@@ -222,7 +223,7 @@ void select_kept(const TensorArg& topk_ids, int64_t num_experts, int64_t experts
 }
 
 void permute(const TensorArg& x, const TensorArg& row_of_pair, const TensorArg& out, int num_threads) {
-  check_tensor(x, 2, {kF32, kF16, kBF16});
+  check_tensor(x, 2, {kF32, kF16, kBF16, kI8});
   check_tensor(row_of_pair, 2, {kI64});
   check_contiguous(row_of_pair);
   const int64_t T = x.size(0), H = x.size(1);
@@ -257,7 +258,7 @@ void unpermute(const TensorArg& y, const TensorArg& row_of_pair, const TensorArg
 }
 
 void pack_padded(const TensorArg& rows, const TensorArg& counts, const TensorArg& out, int num_threads) {
-  check_tensor(rows, 2, {kF32, kF16, kBF16});
+  check_tensor(rows, 2, {kF32, kF16, kBF16, kI8});
   check_tensor(counts, 1, {kI64});
   check_contiguous(counts);
   check_tensor(out, 3, {rows.dtype});
@@ -280,7 +281,7 @@ void pack_padded(const TensorArg& rows, const TensorArg& counts, const TensorArg
 }
 
 void unpack_padded(const TensorArg& buffer, const TensorArg& counts, const TensorArg& out, int num_threads) {
-  check_tensor(buffer, 3, {kF32, kF16, kBF16});
+  check_tensor(buffer, 3, {kF32, kF16, kBF16, kI8});
   check_dense(counts, {kI64}, {buffer.size(0)});
   check_tensor(out, 2, {buffer.dtype});
   check_contiguous(out);
@@ -300,7 +301,7 @@ void unpack_padded(const TensorArg& buffer, const TensorArg& counts, const Tenso
 
 void regroup_blocks(const TensorArg& rows, const TensorArg& block_rows, const TensorArg& out,
                     int num_threads) {
-  check_tensor(rows, 2, {kF32, kF16, kBF16});
+  check_tensor(rows, 2, {kF32, kF16, kBF16, kI8});
   check_tensor(block_rows, 2, {kI64});
   check_contiguous(block_rows);
   check_dense(out, {rows.dtype}, rows.shape);

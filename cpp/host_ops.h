@@ -29,6 +29,10 @@ void unpack_padded(const TensorArg& buffer, const TensorArg& counts, const Tenso
 void regroup_blocks(const TensorArg& rows, const TensorArg& block_rows, const TensorArg& out,
                     int num_threads);
 
+// Turns cpu::check_row_cover's code `bad` (kOk, or the flat index of the first bad pair) for row_of_pair
+// [T, K] and num_rows output rows into an error naming row_of_pair.
+void check_rows(const TensorArg& row_of_pair, int64_t bad, int64_t num_rows);
+
 // With MOECOMM_HUGE_PAGES=1, asks the OS for transparent huge pages on a large, not yet touched buffer
 // (otherwise, and off Linux, a no-op).
 void advise_huge_pages(const TensorArg& out);

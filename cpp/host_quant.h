@@ -3,16 +3,23 @@
 // call the kernels and turn their error codes into exceptions that name the argument.
 #pragma once
 
+#include <optional>
+
 #include "tensor_arg.h"
 
 namespace moecomm::host {
 
-// x [N,H] float32/float16/bfloat16 (any strides) -> q [N,H] int8 or float8_e4m3fn contiguous and scales
-// (float32 contiguous, shape by q's dtype). Raises naming x if a row holds inf or NaN.
-void quantize_rows(const TensorArg& x, const TensorArg& q, const TensorArg& scales, int num_threads);
+// x [N,H] float32/float16/bfloat16 (any strides) -> q [N_out,H] int8 or float8_e4m3fn and scales (float32,
+// [N_out] or [N_out, ceil(H/128)] by q's dtype); q and scales rows may be any stride apart (wire rows),
+// their columns contiguous. Without row_of_pair N_out = N; with row_of_pair [N,K] int64, row t goes to the
+// rows row_of_pair[t] (permute's rule). Raises naming x if a row holds inf or NaN.
+void quantize_rows(const TensorArg& x, const TensorArg& q, const TensorArg& scales,
+                   const std::optional<TensorArg>& row_of_pair, int num_threads);
 
-// q [N,H] int8 or float8_e4m3fn contiguous, scales as quantize_rows wrote them -> out [N,H]
-// float32/float16/bfloat16 contiguous. Raises naming scales if one is negative, inf or NaN.
-void dequantize_rows(const TensorArg& q, const TensorArg& scales, const TensorArg& out, int num_threads);
+// q [N,H] int8 or float8_e4m3fn and scales as quantize_rows wrote them (row-strided) -> out [N_out,H]
+// float32/float16/bfloat16 contiguous, scattered by row_of_pair [N,K] as quantize_rows does.
+// Raises naming scales if one is negative, inf or NaN.
+void dequantize_rows(const TensorArg& q, const TensorArg& scales, const TensorArg& out,
+                     const std::optional<TensorArg>& row_of_pair, int num_threads);
 
 }  // namespace moecomm::host

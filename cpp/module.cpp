@@ -85,7 +85,7 @@ PYBIND11_MODULE(_C, m) {
       .def("sync", &ShmGroupHost::sync, py::arg("timeout_s"), release)
       .def("region", &ShmGroupHost::region, py::arg("rank"), py::arg("region"), release);
   m.def("quantize_rows", &moecomm::host::quantize_rows, py::arg("x"), py::arg("q"), py::arg("scales"),
-        py::arg("num_threads"), release);
+        py::arg("row_of_pair"), py::arg("num_threads"), release);
   m.def("dequantize_rows", &moecomm::host::dequantize_rows, py::arg("q"), py::arg("scales"), py::arg("out"),
-        py::arg("num_threads"), release);
+        py::arg("row_of_pair"), py::arg("num_threads"), release);
 }

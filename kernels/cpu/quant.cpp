@@ -9,6 +9,7 @@
 #include "copy.h"
 #include "moecomm/quant_kernels.h"
 #include "parallel.h"
+#include "row_cover.h"
 
 namespace moecomm::cpu {
 
@@ -118,20 +119,49 @@ bool quantize_row(const typename Type::Storage* row, const Blocks& blocks, int64
   return true;
 }
 
+// Output rows of input row r: row_of_pair[r * top_k ..] (entries -1 skipped), or r alone without a scatter.
+struct Destinations {
+  const RowScatter& scatter;
+  template <typename Fn>
+  void each(int64_t r, Fn&& fn) const {
+    if (scatter.row_of_pair == nullptr) {
+      fn(r);
+      return;
+    }
+    for (int64_t k = 0; k < scatter.top_k; ++k) {
+      const int64_t row = scatter.row_of_pair[r * scatter.top_k + k];
+      if (row >= 0) fn(row);
+    }
+  }
+};
+
+// kOk when the scatter is usable for num_rows input rows, else kBadRowMapBase - (the pair check_row_cover names).
+int64_t check_scatter(const RowScatter& scatter, int64_t num_rows) {
+  if (scatter.row_of_pair == nullptr) return kOk;
+  if (scatter.top_k < 0 || scatter.num_out_rows < 0) return kBadQuantArgs;
+  const int64_t bad = check_row_cover(scatter.row_of_pair, num_rows * scatter.top_k, scatter.num_out_rows);
+  return bad == kOk ? kOk : kBadRowMapBase - bad;
+}
+
 template <typename Type, typename Code>
 int64_t quantize_typed(const typename Type::Storage* x, int64_t num_rows, const Blocks& blocks,
                        int64_t x_stride_row, int64_t x_stride_hidden, int64_t scales_per_row,
-                       typename Code::Storage* q, float* scales, int num_threads) {
+                       const RowScatter& scatter, typename Code::Storage* q, int64_t q_stride_row,
+                       float* scales, int64_t scales_stride_row, int num_threads) {
   using Storage = typename Type::Storage;
   using CodeStorage = typename Code::Storage;
   const int64_t hidden = blocks.hidden;
   const int64_t row_bytes = hidden * static_cast<int64_t>(sizeof(CodeStorage));
-  const bool streaming = num_rows * row_bytes >= kStreamingOutputBytes;
+  const int64_t num_out_rows = scatter.row_of_pair == nullptr ? num_rows : scatter.num_out_rows;
+  const bool streaming = num_out_rows * row_bytes >= kStreamingOutputBytes && (q_stride_row & 15) == 0;
+  const Destinations destinations{scatter};
   std::vector<int64_t> first_bad(static_cast<size_t>(parallel_chunks(num_rows, num_threads, kRowsPerChunk)),
                                  kOk);
   parallel_for(num_rows, num_threads, kRowsPerChunk, [&](int64_t r0, int64_t r1, int64_t chunk) {
     std::vector<Storage> gathered(x_stride_hidden == 1 ? 0 : static_cast<size_t>(hidden));  // strided rows
-    std::vector<CodeStorage> staged(streaming ? static_cast<size_t>(hidden) : 0);  // q row before streaming
+    // Each row is quantized once here, then copied to every output row it goes to.
+    std::vector<CodeStorage> staged(static_cast<size_t>(hidden));
+    std::vector<float> staged_scales(static_cast<size_t>(scales_per_row));
     for (int64_t r = r0; r < r1; ++r) {
       const Storage* row = x + r * x_stride_row;
       if (x_stride_hidden != 1) {
@@ -139,16 +169,23 @@ int64_t quantize_typed(const typename Type::Storage* x, int64_t num_rows, const 
                  x_stride_hidden, sizeof(Storage));
         row = gathered.data();
       }
-      CodeStorage* q_row = q + r * hidden;
-      if (!quantize_row<Type, Code>(row, blocks, scales_per_row, streaming ? staged.data() : q_row,
-                                    scales + r * scales_per_row)) {
+      if (!quantize_row<Type, Code>(row, blocks, scales_per_row, staged.data(), staged_scales.data())) {
         first_bad[static_cast<size_t>(chunk)] = r;
         break;
       }
-      if (streaming) {
-        copy_row_streaming(reinterpret_cast<char*>(q_row), reinterpret_cast<const char*>(staged.data()),
-                           row_bytes);
-      }
+      destinations.each(r, [&](int64_t out_row) {
+        char* q_row = reinterpret_cast<char*>(q + out_row * q_stride_row);
+        const char* codes = reinterpret_cast<const char*>(staged.data());
+        if (streaming) {
+          copy_row_streaming(q_row, codes, row_bytes);
+        } else if (row_bytes > 0) {
+          std::memcpy(q_row, codes, static_cast<size_t>(row_bytes));
+        }
+        if (scales_per_row > 0) {
+          std::memcpy(scales + out_row * scales_stride_row, staged_scales.data(),
+                      static_cast<size_t>(scales_per_row) * sizeof(float));
+        }
+      });
     }
     if (streaming) streaming_fence();
   });
@@ -160,19 +197,31 @@ int64_t quantize_typed(const typename Type::Storage* x, int64_t num_rows, const 
 
 template <typename Code, typename Type>
 void dequantize_typed(const typename Code::Storage* q, int64_t num_rows, const Blocks& blocks,
-                      const float* scales, int64_t scales_per_row, typename Type::Storage* out,
-                      int num_threads) {
+                      int64_t q_stride_row, const float* scales, int64_t scales_stride_row,
+                      const RowScatter& scatter, typename Type::Storage* out, int num_threads) {
+  using OutStorage = typename Type::Storage;
   const int64_t hidden = blocks.hidden;
+  const size_t out_row_bytes = static_cast<size_t>(hidden) * sizeof(OutStorage);
+  const Destinations destinations{scatter};
   parallel_for(num_rows, num_threads, kRowsPerChunk, [&](int64_t r0, int64_t r1, int64_t) {
     for (int64_t r = r0; r < r1; ++r) {
-      const typename Code::Storage* q_row = q + r * hidden;
-      typename Type::Storage* out_row = out + r * hidden;
-      for (int64_t b = 0; b < blocks.used; ++b) {
-        const float scale = scales[r * scales_per_row + b];
-        for (int64_t h = blocks.begin(b), end = blocks.end(b); h < end; ++h) {
-          out_row[h] = Type::store(Code::decode(q_row[h]) * scale);
+      const typename Code::Storage* q_row = q + r * q_stride_row;
+      const float* scale_row = scales + r * scales_stride_row;
+      OutStorage* first = nullptr;  // the row is computed into its first destination, copied to the others
+      destinations.each(r, [&](int64_t out_row) {
+        OutStorage* out_row_ptr = out + out_row * hidden;
+        if (first != nullptr) {
+          if (out_row_bytes > 0) std::memcpy(out_row_ptr, first, out_row_bytes);
+          return;
         }
-      }
+        for (int64_t b = 0; b < blocks.used; ++b) {
+          const float scale = scale_row[b];
+          for (int64_t h = blocks.begin(b), end = blocks.end(b); h < end; ++h) {
+            out_row_ptr[h] = Type::store(Code::decode(q_row[h]) * scale);
+          }
+        }
+        first = out_row_ptr;
+      });
     }
   });
 }
@@ -181,38 +230,49 @@ void dequantize_typed(const typename Code::Storage* q, int64_t num_rows, const B
 
 int64_t quantize_rows(const void* x, ScalarType type, int64_t num_rows, int64_t hidden, int64_t x_stride_row,
                       int64_t x_stride_hidden, QuantKind kind, int64_t block_cols, int64_t scales_per_row,
-                      void* q, float* scales, int num_threads) {
+                      const RowScatter& scatter, void* q, int64_t q_stride_row, float* scales,
+                      int64_t scales_stride_row, int num_threads) {
   Blocks blocks{};
   if (!blocks_cover(num_rows, hidden, block_cols, scales_per_row, &blocks)) return kBadQuantArgs;
+  if (q_stride_row < 0 || scales_stride_row < 0) return kBadQuantArgs;
+  const int64_t scatter_ok = check_scatter(scatter, num_rows);
+  if (scatter_ok != kOk) return scatter_ok;
   int64_t result = kBadQuantArgs;
   visit_float_type(type, [&](auto element) {
     using Type = decltype(element);
     visit_code(kind, [&](auto code) {
       using Code = decltype(code);
       result = quantize_typed<Type, Code>(static_cast<const typename Type::Storage*>(x), num_rows, blocks,
-                                          x_stride_row, x_stride_hidden, scales_per_row,
-                                          static_cast<typename Code::Storage*>(q), scales, num_threads);
+                                          x_stride_row, x_stride_hidden, scales_per_row, scatter,
+                                          static_cast<typename Code::Storage*>(q), q_stride_row, scales,
+                                          scales_stride_row, num_threads);
     });
   });
   return result;
 }
 
-int64_t dequantize_rows(const void* q, QuantKind kind, int64_t num_rows, int64_t hidden, const float* scales,
-                        int64_t block_cols, int64_t scales_per_row, ScalarType out_type, void* out,
-                        int num_threads) {
+int64_t dequantize_rows(const void* q, QuantKind kind, int64_t num_rows, int64_t hidden, int64_t q_stride_row,
+                        const float* scales, int64_t scales_stride_row, int64_t block_cols, int64_t scales_per_row,
+                        const RowScatter& scatter, ScalarType out_type, void* out, int num_threads) {
   Blocks blocks{};
   if (!blocks_cover(num_rows, hidden, block_cols, scales_per_row, &blocks)) return kBadQuantArgs;
-  const int64_t num_scales = num_rows * scales_per_row;
-  for (int64_t i = 0; i < num_scales; ++i) {
-    if (!(scales[i] >= 0.0f && scales[i] <= std::numeric_limits<float>::max())) return i;  // NaN fails too
+  if (q_stride_row < 0 || scales_stride_row < 0) return kBadQuantArgs;
+  for (int64_t r = 0; r < num_rows; ++r) {
+    for (int64_t b = 0; b < scales_per_row; ++b) {
+      const float scale = scales[r * scales_stride_row + b];
+      if (!(scale >= 0.0f && scale <= std::numeric_limits<float>::max())) return r * scales_per_row + b;  // NaN too
+    }
   }
+  const int64_t scatter_ok = check_scatter(scatter, num_rows);
+  if (scatter_ok != kOk) return scatter_ok;
   bool known = false;
   visit_float_type(out_type, [&](auto element) {
     using Type = decltype(element);
     known = visit_code(kind, [&](auto code) {
       using Code = decltype(code);
-      dequantize_typed<Code, Type>(static_cast<const typename Code::Storage*>(q), num_rows, blocks, scales,
-                                   scales_per_row, static_cast<typename Type::Storage*>(out), num_threads);
+      dequantize_typed<Code, Type>(static_cast<const typename Code::Storage*>(q), num_rows, blocks, q_stride_row,
+                                   scales, scales_stride_row, scatter,
+                                   static_cast<typename Type::Storage*>(out), num_threads);
     });
   });
   return known ? kOk : kBadQuantArgs;

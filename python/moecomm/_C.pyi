@@ -80,14 +80,21 @@ def advise_huge_pages(out: TensorArg) -> None:
     """With MOECOMM_HUGE_PAGES=1 (read once), asks for transparent huge pages on a large untouched
     buffer (Linux); otherwise a no-op."""
 
-def quantize_rows(x: TensorArg, q: TensorArg, scales: TensorArg, num_threads: int) -> None:
-    """x [N,H] float32/float16/bfloat16 (any strides); q [N,H] int8 or float8_e4m3fn contiguous; scales
-    float32 contiguous, [N] for int8 or [N, ceil(H/128)] for float8_e4m3fn. Raises naming x for a row
-    holding inf or NaN."""
+def quantize_rows(
+    x: TensorArg, q: TensorArg, scales: TensorArg, row_of_pair: TensorArg | None, num_threads: int
+) -> None:
+    """x [N,H] float32/float16/bfloat16 (any strides); q [N_out,H] int8 or float8_e4m3fn; scales float32,
+    [N_out] for int8 or [N_out, ceil(H/128)] for float8_e4m3fn. q and scales rows may be any stride apart
+    (columns of wire rows), their columns contiguous. row_of_pair None: N_out = N, row t to row t; else
+    [N,K] int64 contiguous, row t to rows row_of_pair[t] (permute's rule, -1 skips). Raises naming x for a
+    row holding inf or NaN, naming row_of_pair for a bad row map."""
 
-def dequantize_rows(q: TensorArg, scales: TensorArg, out: TensorArg, num_threads: int) -> None:
-    """q [N,H] int8 or float8_e4m3fn contiguous; scales as quantize_rows wrote them; out [N,H]
-    float32/float16/bfloat16 contiguous. Raises naming scales for one that is negative, inf or NaN."""
+def dequantize_rows(
+    q: TensorArg, scales: TensorArg, out: TensorArg, row_of_pair: TensorArg | None, num_threads: int
+) -> None:
+    """q [N,H] int8 or float8_e4m3fn and scales as quantize_rows wrote them (row-strided); out [N_out,H]
+    float32/float16/bfloat16 contiguous, scattered by row_of_pair as in quantize_rows. Raises naming scales
+    for one that is negative, inf or NaN."""
 
 # ---- shared-memory transport (kernels/cpu/shm/, C ABI kernels/include/moecomm/shm.h) ----
 

@@ -12,6 +12,9 @@ import torch
 
 ID_DTYPES = (torch.int32, torch.int64)
 ACTIVATION_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+#: Rows the data-movement ops (permute, padded pack/unpack, regroup) copy: activations, or int8 wire rows of
+#: quantized dispatch (codes and scales as bytes, see :mod:`moecomm.ops.wire`).
+ROW_DTYPES = (*ACTIVATION_DTYPES, torch.int8)
 WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 

@@ -167,7 +167,7 @@ def test_fp8_block_layout_and_peak_codes(impl):
     assert scales.shape == (1, 3)
     assert torch.equal(scales, torch.tensor([[7.0, 1000.0, 2.0**-20]]) / 448.0)  # float32 division
     assert q.float()[0, [5, 130, 299]].tolist() == [-448.0, 448.0, 448.0]
-    assert ops.quantized_row_bytes(hidden, "fp8") == hidden + 4 * 3
+    assert ops.wire_row_bytes(hidden, "fp8") == hidden + 4 * 3
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -234,7 +234,8 @@ def test_thread_counts_agree(threads):
 def test_row_bytes_match_what_quantize_produces(hidden):
     for kind in KINDS:
         q, scales = ops.quantize_rows(torch.randn(3, hidden), kind)
-        assert ops.quantized_row_bytes(hidden, kind) * 3 == q.numel() * q.element_size() + scales.numel() * 4
+        padding = -hidden % 4  # the wire row keeps its scales 4-byte aligned
+        assert ops.wire_row_bytes(hidden, kind) * 3 == q.numel() * q.element_size() + scales.numel() * 4 + 3 * padding
 
 
 # ---- bad input ----------------------------------------------------------------------------------------
@@ -309,23 +310,24 @@ def test_forged_tensor_args_are_rejected_by_the_core():
     x = torch.randn(4, 300)
     q = torch.empty(4, 300, dtype=torch.float8_e4m3fn)
     with pytest.raises(ValueError, match="scales"):  # fp8 needs [4, 3]
-        _C.quantize_rows(tensor_arg("x", x), tensor_arg("q", q), tensor_arg("scales", torch.empty(4)), 1)
+        _C.quantize_rows(tensor_arg("x", x), tensor_arg("q", q), tensor_arg("scales", torch.empty(4)), None, 1)
     with pytest.raises(ValueError, match="q"):
-        _C.quantize_rows(tensor_arg("x", x), tensor_arg("q", q[:3]), tensor_arg("scales", torch.empty(3, 3)), 1)
+        _C.quantize_rows(tensor_arg("x", x), tensor_arg("q", q[:3]), tensor_arg("scales", torch.empty(3, 3)), None, 1)
     with pytest.raises(ValueError, match="x"):
         _C.quantize_rows(
             tensor_arg("x", torch.ones(4, 300, dtype=torch.int32)),
             tensor_arg("q", q),
             tensor_arg("scales", torch.empty(4, 3)),
+            None,
             1,
         )
     wide = torch.empty(4, 600, dtype=torch.int8)[:, ::2]
     with pytest.raises(ValueError, match="q"):
-        _C.dequantize_rows(tensor_arg("q", wide), tensor_arg("scales", torch.ones(4)), tensor_arg("out", x), 1)
+        _C.dequantize_rows(tensor_arg("q", wide), tensor_arg("scales", torch.ones(4)), tensor_arg("out", x), None, 1)
     with pytest.raises(ValueError, match="out"):
         _C.dequantize_rows(
-            tensor_arg("q", q), tensor_arg("scales", torch.ones(4, 3)), tensor_arg("out", torch.empty(4, 299)), 1
+            tensor_arg("q", q), tensor_arg("scales", torch.ones(4, 3)), tensor_arg("out", torch.empty(4, 299)), None, 1
         )
     forged = _C.TensorArg("scales", torch.ones(4, 3).data_ptr(), [4, 3], [3, -1], int(_C.ScalarType.float32), 48)
     with pytest.raises(ValueError, match="scales"):
-        _C.dequantize_rows(tensor_arg("q", q), forged, tensor_arg("out", x), 1)
+        _C.dequantize_rows(tensor_arg("q", q), forged, tensor_arg("out", x), None, 1)

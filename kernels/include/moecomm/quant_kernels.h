@@ -26,22 +26,38 @@ enum class QuantKind : int {
 };
 
 // kOk, or: a row index >= 0 (quantize: the first row holding inf or NaN; its outputs are unspecified),
-// a flat scale index >= 0 (dequantize: the first scale that is negative, inf or NaN), or kBadQuantArgs.
+// a flat scale index >= 0 (dequantize: the first scale that is negative, inf or NaN), kBadQuantArgs, or
+// kBadRowMapBase - p (p >= 0) when the scatter's row_of_pair fails the permute rule at pair p (a row outside
+// [-1, num_out_rows) or repeated; p = num_rows * top_k when some output row is never written).
 constexpr int64_t kBadQuantArgs = -2;
+constexpr int64_t kBadRowMapBase = -3;
 
-// x: [N, H] float32/float16/bfloat16 with strides (x_stride_row, x_stride_hidden);
-// q: [N, H] contiguous (int8 or e4m3fn bytes); scales: [N, scales_per_row] contiguous float32.
+// Where each input row's result goes: to the output rows row_of_pair[r * top_k + k] (k < top_k; -1 skips),
+// covering [0, num_out_rows) exactly once (the rule of permute); with row_of_pair null, row r goes to row r
+// (top_k and num_out_rows are then ignored). Quantizing with a scatter is permute fused with quantize_rows;
+// dequantizing with one is dequantize_rows fused with permute.
+struct RowScatter {
+  const int64_t* row_of_pair = nullptr;
+  int64_t top_k = 1;
+  int64_t num_out_rows = 0;
+};
+
+// x: [N, H] float32/float16/bfloat16 with strides (x_stride_row, x_stride_hidden).
+// q: output rows of H codes (int8 or e4m3fn bytes), q_stride_row bytes apart; scales: output rows of
+// scales_per_row float32, scales_stride_row floats apart (the two may interleave in one buffer of wire rows:
+// the kernel writes exactly the H code bytes and scales_per_row scales of each output row).
 // Needs block_cols >= 1 and scales_per_row * block_cols >= H (blocks past column H are empty: scale 0).
-// Returns kOk, the first row holding a non-finite value, or kBadQuantArgs.
+// Every row of x is checked for inf/NaN, also one the scatter sends nowhere.
 int64_t quantize_rows(const void* x, ScalarType type, int64_t num_rows, int64_t hidden, int64_t x_stride_row,
                       int64_t x_stride_hidden, QuantKind kind, int64_t block_cols, int64_t scales_per_row,
-                      void* q, float* scales, int num_threads);
+                      const RowScatter& scatter, void* q, int64_t q_stride_row, float* scales,
+                      int64_t scales_stride_row, int num_threads);
 
-// q: [N, H] contiguous codes of `kind`; scales: [N, scales_per_row] contiguous float32 (same blocks as
-// quantize_rows); out: [N, H] contiguous float32/float16/bfloat16.
-// Returns kOk, the flat index of the first scale that is negative or not finite, or kBadQuantArgs.
-int64_t dequantize_rows(const void* q, QuantKind kind, int64_t num_rows, int64_t hidden, const float* scales,
-                        int64_t block_cols, int64_t scales_per_row, ScalarType out_type, void* out,
-                        int num_threads);
+// q: [N, H] codes of `kind`, rows q_stride_row bytes apart; scales: [N, scales_per_row] float32, rows
+// scales_stride_row floats apart (same blocks as quantize_rows); out: contiguous output rows of H
+// float32/float16/bfloat16 values (N rows, or scatter.num_out_rows with a scatter).
+int64_t dequantize_rows(const void* q, QuantKind kind, int64_t num_rows, int64_t hidden, int64_t q_stride_row,
+                        const float* scales, int64_t scales_stride_row, int64_t block_cols, int64_t scales_per_row,
+                        const RowScatter& scatter, ScalarType out_type, void* out, int num_threads);
 
 }  // namespace moecomm::cpu

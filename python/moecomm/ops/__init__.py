@@ -14,6 +14,7 @@ Every op takes tensors on any device and returns results there: CPU tensors run 
 | regroup_blocks | rows [N,H], block_rows [A,B] | [N,H] blocks in (B, A) order |
 | capacity_for_ratio / capacity_from_factor | loads [B] / sizes | int cap |
 | quantize_rows / dequantize_rows | x [N,H], kind int8/fp8 | q [N,H] int8/float8_e4m3fn + scales [N] / [N,ceil(H/128)] float32, and back |
+| quantize_to_wire / dequantize_from_wire | x [T,H], kind, layout | wire rows [N,W] int8 (codes + scales), fused with permute, and back |
 
 ``moecomm.ops.reference`` holds a pure-torch version of each with the same signature (device-generic).
 """
@@ -23,7 +24,8 @@ from moecomm.ops.capacity import capacity_for_ratio, capacity_from_factor, drop_
 from moecomm.ops.layout import RouteLayout, route_layout
 from moecomm.ops.padded import pack_padded, unpack_padded
 from moecomm.ops.permute import permute, unpermute
-from moecomm.ops.quant import QUANT_KINDS, dequantize_rows, quantize_rows, quantized_row_bytes
+from moecomm.ops.quant import QUANT_KINDS, dequantize_rows, quantize_rows
+from moecomm.ops.wire import WireFormat, dequantize_from_wire, quantize_to_wire, wire_format, wire_row_bytes
 from moecomm.ops.regroup import empty_buffer, regroup_blocks
 from moecomm.ops.select import select_kept
 
@@ -42,7 +44,11 @@ __all__ = [
     "drop_budget",
     "quantize_rows",
     "dequantize_rows",
-    "quantized_row_bytes",
+    "quantize_to_wire",
+    "dequantize_from_wire",
+    "wire_format",
+    "wire_row_bytes",
+    "WireFormat",
     "QUANT_KINDS",
     "reference",
 ]

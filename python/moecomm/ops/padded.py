@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from moecomm import _C
-from moecomm.checks import ACTIVATION_DTYPES, INT64_MAX, check_non_negative_int, check_tensor, exact_sum
+from moecomm.checks import INT64_MAX, ROW_DTYPES, check_non_negative_int, check_tensor, exact_sum
 from moecomm.ops._device import reference_ops, runs_natively
 from moecomm.ops._native import num_threads, tensor_arg
 from moecomm.ops._out import output_buffer
@@ -34,14 +34,14 @@ def check_counts(
 
 def check_pack_args(rows: object, counts: object, capacity: object) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Checks pack_padded's arguments -> (rows, int64 counts, capacity)."""
-    rows = check_tensor("rows", rows, dim=2, dtypes=ACTIVATION_DTYPES, cpu_only=False)
+    rows = check_tensor("rows", rows, dim=2, dtypes=ROW_DTYPES, cpu_only=False)
     capacity = check_non_negative_int("capacity", capacity)
     return rows, check_counts(counts, rows.shape[0], capacity, rows.device), capacity
 
 
 def check_unpack_args(buffer: object, counts: object) -> tuple[torch.Tensor, torch.Tensor]:
     """Checks unpack_padded's arguments -> (buffer, int64 counts)."""
-    buffer = check_tensor("buffer", buffer, dim=3, dtypes=ACTIVATION_DTYPES, cpu_only=False)
+    buffer = check_tensor("buffer", buffer, dim=3, dtypes=ROW_DTYPES, cpu_only=False)
     return buffer, check_counts(counts, None, buffer.shape[1], buffer.device, buffer.shape[0])
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from moecomm import _C
-from moecomm.checks import ACTIVATION_DTYPES, check_tensor, check_topk_weights
+from moecomm.checks import ACTIVATION_DTYPES, ROW_DTYPES, check_tensor, check_topk_weights
 from moecomm.ops._device import reference_ops, runs_natively
 from moecomm.ops._native import num_threads, tensor_arg
 from moecomm.ops._out import output_buffer
@@ -14,7 +14,7 @@ from moecomm.ops.layout import RouteLayout, check_layout, route_layout
 
 def check_permute_args(x: torch.Tensor, layout: RouteLayout) -> tuple[torch.Tensor, RouteLayout]:
     """Checks ``x [T, H]`` (any device but meta) and, on x's device, the layout over T tokens."""
-    x = check_tensor("x", x, dim=2, dtypes=ACTIVATION_DTYPES, cpu_only=False)
+    x = check_tensor("x", x, dim=2, dtypes=ROW_DTYPES, cpu_only=False)
     layout = check_layout(layout, x.device)
     if x.shape[0] != layout.topk_ids.shape[0]:
         raise ValueError(f"x: expected {layout.topk_ids.shape[0]} tokens (rows of topk_ids), got {x.shape[0]}")

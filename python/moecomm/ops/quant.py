@@ -64,15 +64,6 @@ def quant_format(kind: object) -> QuantFormat:
     return QUANT_FORMATS[check_choice("kind", kind, QUANT_KINDS)]
 
 
-def quantized_row_bytes(hidden: int, kind: str) -> int:
-    """Wire bytes of one quantized row of ``hidden`` values, scales included: H + 4 (int8),
-    H + 4 * ceil(H / 128) (fp8). For the dispatchers' ``bytes_sent`` accounting."""
-    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 0:
-        raise ValueError(f"hidden: expected an int >= 0, got {hidden!r}")
-    fmt = quant_format(kind)
-    return hidden * torch.empty((), dtype=fmt.dtype).element_size() + SCALE_BYTES * fmt.scales_per_row(hidden)
-
-
 def check_quantize_args(x: object, kind: object) -> tuple[torch.Tensor, QuantFormat]:
     """Checks ``x [N, H]`` float32/float16/bfloat16 on the CPU and ``kind``."""
     fmt = quant_format(kind)
@@ -127,7 +118,7 @@ def quantize_rows(
         sized_by="x",
         name="out_scales",
     )
-    _C.quantize_rows(tensor_arg("x", x), tensor_arg("out", q), tensor_arg("out_scales", scales), num_threads())
+    _C.quantize_rows(tensor_arg("x", x), tensor_arg("out", q), tensor_arg("out_scales", scales), None, num_threads())
     return q, scales
 
 
@@ -151,5 +142,5 @@ def dequantize_rows(
         out, tuple(q.shape), dtype=dtype, device=q.device, inputs={"q": q, "scales": scales}, sized_by="q"
     )
     q, scales = q.contiguous(), scales.contiguous()  # named: the copies must outlive the native call
-    _C.dequantize_rows(tensor_arg("q", q), tensor_arg("scales", scales), tensor_arg("out", out), num_threads())
+    _C.dequantize_rows(tensor_arg("q", q), tensor_arg("scales", scales), tensor_arg("out", out), None, num_threads())
     return out

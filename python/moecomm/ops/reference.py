@@ -16,7 +16,7 @@ from moecomm.ops.capacity import capacity_for_ratio, capacity_from_factor, drop_
 from moecomm.ops.layout import RouteLayout, tokens_per_rank_of
 from moecomm.ops.padded import check_pack_args, check_unpack_args
 from moecomm.ops.permute import check_permute_args, check_row_count, check_unpermute_args
-from moecomm.ops.reference_quant import dequantize_rows, quantize_rows
+from moecomm.ops.reference_quant import dequantize_from_wire, dequantize_rows, quantize_rows, quantize_to_wire
 from moecomm.ops.regroup import check_regroup_args
 from moecomm.ops.select import check_select_args
 
@@ -33,6 +33,8 @@ __all__ = [
     "drop_budget",
     "quantize_rows",
     "dequantize_rows",
+    "quantize_to_wire",
+    "dequantize_from_wire",
 ]
 
 

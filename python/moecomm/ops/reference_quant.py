@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import torch
 
+from moecomm.ops.layout import RouteLayout
 from moecomm.ops.quant import QuantFormat, check_dequantize_args, check_quantize_args
+from moecomm.ops.wire import check_wire, wire_format
 
-__all__ = ["quantize_rows", "dequantize_rows"]
+__all__ = ["quantize_rows", "dequantize_rows", "quantize_to_wire", "dequantize_from_wire"]
 
 
 def _expand_scales(scales: torch.Tensor, fmt: QuantFormat, hidden: int) -> torch.Tensor:
@@ -44,3 +46,49 @@ def dequantize_rows(q: torch.Tensor, scales: torch.Tensor, kind: str, dtype: tor
         index = bad.nonzero()[0].tolist()
         raise ValueError(f"scales: entry {index} is negative, inf or NaN (expected finite scales >= 0)")
     return (q.float() * _expand_scales(scales, fmt, q.shape[1])).to(dtype)
+
+
+def _permute(rows: torch.Tensor, layout: RouteLayout) -> torch.Tensor:
+    from moecomm.ops.reference import permute  # reference re-exports this module: import on use
+
+    return permute(rows, layout)
+
+
+def _copy_out(result: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    if out is None:
+        return result
+    if tuple(out.shape) != tuple(result.shape) or out.dtype != result.dtype or out.device != result.device:
+        raise ValueError(
+            f"out: expected a {list(result.shape)} {result.dtype} tensor on {result.device}, got "
+            f"{list(out.shape)} {out.dtype} on {out.device}"
+        )
+    return out.copy_(result)
+
+
+def quantize_to_wire(
+    x: torch.Tensor, kind: str, layout: RouteLayout | None = None, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Reference of :func:`moecomm.ops.wire.quantize_to_wire`: quantize, pack codes/zeros/scales bytes, permute."""
+    q, scales = quantize_rows(x, kind)
+    fmt = wire_format(x.shape[1], kind)
+    rows = torch.zeros((x.shape[0], fmt.row_bytes), dtype=torch.int8, device=x.device)
+    rows[:, : fmt.hidden] = q.view(torch.int8)
+    if x.shape[0]:  # (an empty scales tensor may have strides no byte view accepts)
+        rows[:, fmt.scales_offset :] = scales.reshape(x.shape[0], -1).contiguous().view(torch.int8)
+    return _copy_out(rows if layout is None else _permute(rows, layout), out)
+
+
+def dequantize_from_wire(
+    wire: torch.Tensor,
+    hidden: int,
+    kind: str,
+    dtype: torch.dtype,
+    layout: RouteLayout | None = None,
+    *,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Reference of :func:`moecomm.ops.wire.dequantize_from_wire`: unpack, dequantize, permute."""
+    wire, fmt = check_wire(wire, hidden, kind)
+    codes, scales = fmt.views(wire)
+    values = dequantize_rows(codes.contiguous(), scales.contiguous(), kind, dtype)
+    return _copy_out(values if layout is None else _permute(values, layout), out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from moecomm import _C
-from moecomm.checks import ACTIVATION_DTYPES, check_tensor, exact_sum
+from moecomm.checks import ROW_DTYPES, check_tensor, exact_sum
 from moecomm.ops._device import reference_ops, runs_natively
 from moecomm.ops._native import num_threads, tensor_arg
 from moecomm.ops._out import output_buffer
@@ -25,7 +25,7 @@ def empty_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 def check_regroup_args(rows: object, block_rows: object) -> tuple[torch.Tensor, torch.Tensor]:
     """Checks ``rows [N, H]`` and ``block_rows [A, B]`` integer on rows' device, each >= 0, summing to N
     -> (rows, int64 contiguous blocks)."""
-    rows = check_tensor("rows", rows, dim=2, dtypes=ACTIVATION_DTYPES, cpu_only=False)
+    rows = check_tensor("rows", rows, dim=2, dtypes=ROW_DTYPES, cpu_only=False)
     blocks = check_tensor("block_rows", block_rows, dim=2, dtypes=(torch.int32, torch.int64), device=rows.device)
     blocks = blocks.to(torch.int64).contiguous()
     num_rows = rows.shape[0]
