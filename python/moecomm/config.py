@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from moecomm.checks import check_choice, check_non_negative_int, check_positive_int, check_ratio
+from moecomm.ops.quant import QUANT_KINDS
 from moecomm.registry import DISPATCHERS as _DISPATCHER_TABLE
 from moecomm.registry import KERNEL_BACKENDS, TRANSPORTS, names
 
 DISPATCHERS = names(_DISPATCHER_TABLE)
 DROP_POLICIES = ("position", "probs")
 DROP_SCOPES = ("rank", "expert")
+DISPATCH_QUANT_KINDS = QUANT_KINDS
 
 
 def _check_positive_float(name: str, value: object) -> float:
@@ -46,6 +48,9 @@ class MoECommConfig:
             torch.distributed), ``"shm"`` or ``"torch"`` (the caller's torch.distributed group).
         kernel_backend: which kernels compute: ``"auto"`` (native C++ for CPU tensors, pure torch on other
             devices), ``"native"`` or ``"torch"`` (device-generic pure torch, also on CPU).
+        dispatch_quant: None (rows travel in the activation dtype), ``"int8"`` (symmetric per-token absmax,
+            one float32 scale per row) or ``"fp8"`` (float8 e4m3fn, one float32 scale per 128 columns): the
+            sender quantizes each row once, the receiver dequantizes (combine stays in the activation dtype).
     """
 
     dispatcher: str = "alltoallv"
@@ -59,6 +64,7 @@ class MoECommConfig:
     timeout_s: float = 60.0
     transport: str = "auto"
     kernel_backend: str = "auto"
+    dispatch_quant: str | None = None
 
     def __post_init__(self) -> None:
         check_choice("dispatcher", self.dispatcher, DISPATCHERS)
@@ -74,6 +80,8 @@ class MoECommConfig:
         if self.max_tokens_per_rank is not None:
             check_positive_int("max_tokens_per_rank", self.max_tokens_per_rank)
         check_non_negative_int("log_stats_every", self.log_stats_every)
+        if self.dispatch_quant is not None:
+            check_choice("dispatch_quant", self.dispatch_quant, DISPATCH_QUANT_KINDS)
         object.__setattr__(self, "timeout_s", _check_positive_float("timeout_s", self.timeout_s))
         if self.dispatcher == "alltoall" and self.max_tokens_per_rank is None:
             raise ValueError("max_tokens_per_rank: required with dispatcher='alltoall' (it sizes the fixed buffers)")

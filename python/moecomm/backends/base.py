@@ -85,6 +85,25 @@ class KernelBackend(ABC):
     ) -> torch.Tensor:
         """``rows [N, H]`` blocks in (outer, inner) order, ``block_rows [A, B]`` -> ``[N, H]`` in (inner, outer) order."""
 
+    @abstractmethod
+    def quantize_to_wire(
+        self, x: torch.Tensor, kind: str, layout: RouteLayout | None = None, *, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``x [T, H]`` -> ``[N, W]`` int8 wire rows (codes + scales), scattered by ``layout`` like permute."""
+
+    @abstractmethod
+    def dequantize_from_wire(
+        self,
+        wire: torch.Tensor,
+        hidden: int,
+        kind: str,
+        dtype: torch.dtype,
+        layout: RouteLayout | None = None,
+        *,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``wire [N, W]`` int8 -> ``[N_out, H]`` of ``dtype``, scattered by ``layout`` like permute."""
+
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """An uninitialised buffer for a kernel or a collective to overwrite whole."""
         return torch.empty(shape, dtype=dtype, device=device)

@@ -23,3 +23,5 @@ class NativeBackend(KernelBackend):
     pack_padded = staticmethod(ops.pack_padded)  # type: ignore[assignment]
     unpack_padded = staticmethod(ops.unpack_padded)  # type: ignore[assignment]
     regroup_blocks = staticmethod(ops.regroup_blocks)  # type: ignore[assignment]
+    quantize_to_wire = staticmethod(ops.quantize_to_wire)  # type: ignore[assignment]
+    dequantize_from_wire = staticmethod(ops.dequantize_from_wire)  # type: ignore[assignment]

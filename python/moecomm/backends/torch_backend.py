@@ -27,3 +27,5 @@ class TorchBackend(KernelBackend):
     pack_padded = staticmethod(reference.pack_padded)  # type: ignore[assignment]
     unpack_padded = staticmethod(reference.unpack_padded)  # type: ignore[assignment]
     regroup_blocks = staticmethod(reference.regroup_blocks)  # type: ignore[assignment]
+    quantize_to_wire = staticmethod(reference.quantize_to_wire)  # type: ignore[assignment]
+    dequantize_from_wire = staticmethod(reference.dequantize_from_wire)  # type: ignore[assignment]

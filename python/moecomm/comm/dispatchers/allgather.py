@@ -14,6 +14,7 @@ import torch
 from moecomm import ops
 from moecomm.comm.dispatchers.base import Dispatcher
 from moecomm.comm.handle import DispatchHandle
+from moecomm.comm.row_codec import QuantizedRows
 
 
 @dataclass(frozen=True)
@@ -51,17 +52,19 @@ class AllgatherDispatcher(Dispatcher):
     name = "allgather"
 
     def dispatch(
-        self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor
-    ) -> tuple[torch.Tensor, AllgatherHandle]:
+        self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, *, dequantize: bool = True
+    ) -> tuple[torch.Tensor | QuantizedRows, AllgatherHandle]:
         """See :meth:`Dispatcher.dispatch`: ``x [T, H]``, ``topk_ids [T, K]``, ``topk_weights [T, K]``."""
         x, ids, weights = self.check_inputs(x, topk_ids, topk_weights)
+        dequantize = self.check_dequantize(dequantize)
         backend = self.backend_for(x)
         plan = self.plan_step(x, ids, weights)
         max_tokens = int(plan.num_tokens_per_rank.max())
         sent_ids = torch.where(plan.is_kept, ids.to(torch.int64), torch.full_like(ids, -1, dtype=torch.int64))
-        gathered_x = self.workspace.buffer("gathered", (self.world_size, max_tokens, x.shape[1]), x.dtype, x.device)
-        all_x = self.transport.all_gather(
-            "dispatch", "token gather", _pad_rows(x, max_tokens, 0), out=gathered_x
+        rows = self.codec.encode(backend, x, None, out=self.wire_buffer("send", x.shape[0], x) if self.codec.quantized else None)
+        gathered = self.workspace.buffer("gathered", (self.world_size, max_tokens, rows.shape[1]), rows.dtype, x.device)
+        all_rows = self.transport.all_gather(
+            "dispatch", "token gather", _pad_rows(rows, max_tokens, 0), out=gathered
         ).flatten(0, 1)
         all_ids = self.transport.all_gather("dispatch", "id gather", _pad_rows(sent_ids, max_tokens, -1)).flatten(0, 1)
         all_weights = self.transport.all_gather(
@@ -71,7 +74,7 @@ class AllgatherDispatcher(Dispatcher):
         is_mine = (all_ids >= first) & (all_ids < self.local_experts.stop)
         local_ids = torch.where(is_mine, all_ids - first, torch.zeros_like(all_ids))
         gathered_layout = backend.route_layout(local_ids, self.num_local_experts, 1, is_mine)
-        row_bytes = x.shape[1] * x.element_size() + ids.shape[1] * (8 + 4)
+        row_bytes = self.crossing_row_bytes(x) + ids.shape[1] * (8 + 4)
         stats = dataclasses.replace(
             plan.stats,
             rows_sent=(self.world_size - 1) * max_tokens,
@@ -84,8 +87,7 @@ class AllgatherDispatcher(Dispatcher):
             gathered_weights=all_weights,
         )
         # Gathered rows are in (source rank, token) order, so expert-major is (local expert, source rank).
-        out = self.buffer("expert_x", gathered_layout.num_rows, x)
-        return backend.permute(all_x, gathered_layout, out=out), handle
+        return self.expert_rows(backend, all_rows, gathered_layout, x, dequantize), handle
 
     def combine(self, expert_y: torch.Tensor, handle: AllgatherHandle) -> torch.Tensor:
         """See :meth:`Dispatcher.combine`: ``expert_y [N_recv, H]`` -> ``[T, H]``."""

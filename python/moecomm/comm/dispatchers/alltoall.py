@@ -16,6 +16,7 @@ from moecomm import ops
 from moecomm.comm.dispatchers.alltoallv_pairs import pair_rows_sent
 from moecomm.comm.dispatchers.base import Dispatcher
 from moecomm.comm.handle import DispatchHandle
+from moecomm.comm.row_codec import QuantizedRows
 
 
 @dataclass(frozen=True)
@@ -86,19 +87,20 @@ class AlltoallDispatcher(Dispatcher):
         return backend.unpack_padded(received, out_counts, out=self.buffer(out_rows, int(out_counts.sum()), rows))
 
     def dispatch(
-        self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor
-    ) -> tuple[torch.Tensor, AlltoallHandle]:
+        self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, *, dequantize: bool = True
+    ) -> tuple[torch.Tensor | QuantizedRows, AlltoallHandle]:
         """See :meth:`Dispatcher.dispatch`: ``x [T, H]``, ``topk_ids [T, K]``, ``topk_weights [T, K]``."""
         x, ids, weights = self.check_inputs(x, topk_ids, topk_weights)
+        dequantize = self.check_dequantize(dequantize)
         backend = self.backend_for(x)
         capacity = self.pair_capacity(ids.shape[1])
         plan = self.plan_step(x, ids, weights)
         send_counts = plan.layout.tokens_per_rank
         recv_counts = self.received_from_rank(plan).sum(dim=1)
-        rows = backend.permute(x, plan.layout, out=self.buffer("send", plan.layout.num_rows, x))
+        rows = self.codec.encode(backend, x, plan.layout, out=self.wire_buffer("send", plan.layout.num_rows, x))
         received = self._exchange("dispatch", rows, send_counts, capacity, "recv", recv_counts)
         # The padded exchange puts all C rows of every other rank's buffer on the wire, padding included.
-        row_bytes = x.shape[1] * x.element_size()
+        row_bytes = self.crossing_row_bytes(x)
         rows_sent = pair_rows_sent(send_counts.tolist(), self.rank, row_bytes)["rows_sent"]
         stats = dataclasses.replace(
             plan.stats, rows_sent=rows_sent, bytes_sent=(self.world_size - 1) * capacity * row_bytes
@@ -109,7 +111,7 @@ class AlltoallDispatcher(Dispatcher):
             send_counts=send_counts,
             recv_counts=recv_counts,
         )
-        return self.to_expert_major(backend, received, handle), handle
+        return self.expert_rows(backend, self.to_expert_major(backend, received, handle), None, x, dequantize), handle
 
     def combine(self, expert_y: torch.Tensor, handle: AlltoallHandle) -> torch.Tensor:
         """See :meth:`Dispatcher.combine`: ``expert_y [N_recv, H]`` -> ``[T, H]``."""

@@ -10,6 +10,9 @@ accumulation, rounded once to the expert output's dtype) and sends one row per (
 source sums its partial rows (float32 accumulation). Token drop keeps its exact semantics: the same plan, the
 same kept pairs, and a dropped pair is never sent (a token whose pairs on d are all dropped does not go to d).
 
+With ``dispatch_quant`` the token rows cross as quantized wire rows (quantized once per destination, straight
+into the send buffer or the peer's region) and are dequantized while they are laid out expert-major.
+
 Buffers reused across steps: ``expert_x`` and ``partial``, plus the exchange's (``send`` and ``recv`` over
 collectives; the shared regions over ``shm``).
 """
@@ -25,6 +28,7 @@ import torch
 from moecomm.comm.dispatchers.base import Dispatcher
 from moecomm.comm.dispatchers.token_exchange import token_exchange
 from moecomm.comm.handle import DispatchHandle
+from moecomm.comm.row_codec import QuantizedRows
 from moecomm.ops.layout import RouteLayout
 
 
@@ -98,10 +102,11 @@ class AlltoallvDispatcher(Dispatcher):
         return torch.cat([local_ids, row_weights.contiguous().view(torch.int32)], dim=1)
 
     def dispatch(
-        self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor
-    ) -> tuple[torch.Tensor, AlltoallvHandle]:
+        self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, *, dequantize: bool = True
+    ) -> tuple[torch.Tensor | QuantizedRows, AlltoallvHandle]:
         """See :meth:`Dispatcher.dispatch`: ``x [T, H]``, ``topk_ids [T, K]``, ``topk_weights [T, K]``."""
         x, ids, weights = self.check_inputs(x, topk_ids, topk_weights)
+        dequantize = self.check_dequantize(dequantize)
         backend = self.backend_for(x)
         num_ranks, top_k = self.world_size, ids.shape[1]
         masks: list[torch.Tensor] = []
@@ -122,14 +127,17 @@ class AlltoallvDispatcher(Dispatcher):
                 recv_layout=plan.layout,
                 recv_weights=plan.topk_weights,
             )
-            return backend.permute(x, plan.layout, out=self.buffer("expert_x", plan.layout.num_rows, x)), handle
+            rows = self.codec.encode(backend, x, None, out=self.wire_buffer("send", x.shape[0], x) if self.codec.quantized else None)
+            return self.expert_rows(backend, rows, plan.layout, x, dequantize), handle
         dest_mask = masks[-1]
         counts = plan.extra_counts  # [R, R] token rows (source, destination)
         send_splits, recv_splits = counts[self.rank].tolist(), counts[:, self.rank].tolist()
         dest_ids = torch.arange(num_ranks, device=x.device).expand(x.shape[0], num_ranks).contiguous()
         dest_layout = backend.route_layout(dest_ids, num_ranks, num_ranks, dest_mask)
         metadata = self._routing_metadata(ids, plan.is_kept, plan.topk_weights, dest_layout, dest_mask)
-        received_rows, received_metadata = self.exchange.send_tokens(backend, x, dest_layout, metadata, counts)
+        received_rows, received_metadata = self.exchange.send_tokens(
+            backend, self.codec, x, dest_layout, metadata, counts
+        )
         local_ids = received_metadata[:, :top_k]
         recv_weights = received_metadata[:, top_k:].contiguous().view(torch.float32)
         recv_kept = local_ids >= 0
@@ -144,7 +152,7 @@ class AlltoallvDispatcher(Dispatcher):
                 f"received routing names {recv_layout.tokens_per_expert.tolist()} rows per local expert, the count "
                 f"exchange promised {fields['tokens_per_local_expert'].tolist()}",
             )
-        row_bytes = x.shape[1] * x.element_size() + metadata.shape[1] * metadata.element_size()
+        row_bytes = self.crossing_row_bytes(x) + metadata.shape[1] * metadata.element_size()
         crossed = sum(send_splits) - send_splits[self.rank]
         fields["stats"] = dataclasses.replace(plan.stats, rows_sent=crossed, bytes_sent=crossed * row_bytes)
         handle = AlltoallvHandle(
@@ -156,8 +164,7 @@ class AlltoallvDispatcher(Dispatcher):
             recv_layout=recv_layout,
             recv_weights=recv_weights,
         )
-        expert_x = backend.permute(received_rows, recv_layout, out=self.buffer("expert_x", recv_layout.num_rows, x))
-        return expert_x, handle
+        return self.expert_rows(backend, received_rows, recv_layout, x, dequantize), handle
 
     def combine(self, expert_y: torch.Tensor, handle: AlltoallvHandle) -> torch.Tensor:
         """See :meth:`Dispatcher.combine`: ``expert_y [N_recv, H]`` -> ``[T, H]``."""

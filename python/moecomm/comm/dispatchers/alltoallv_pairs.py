@@ -13,6 +13,7 @@ import torch
 
 from moecomm.comm.dispatchers.base import Dispatcher
 from moecomm.comm.handle import DispatchHandle
+from moecomm.comm.row_codec import QuantizedRows
 
 
 @dataclass(frozen=True)
@@ -45,16 +46,17 @@ class AlltoallvPairsDispatcher(Dispatcher):
     name = "alltoallv-pairs"
 
     def dispatch(
-        self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor
-    ) -> tuple[torch.Tensor, AlltoallvPairsHandle]:
+        self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, *, dequantize: bool = True
+    ) -> tuple[torch.Tensor | QuantizedRows, AlltoallvPairsHandle]:
         """See :meth:`Dispatcher.dispatch`: ``x [T, H]``, ``topk_ids [T, K]``, ``topk_weights [T, K]``."""
         x, ids, weights = self.check_inputs(x, topk_ids, topk_weights)
+        dequantize = self.check_dequantize(dequantize)
         backend = self.backend_for(x)
         plan = self.plan_step(x, ids, weights)
         received = self.received_from_rank(plan)
         send_splits = plan.layout.tokens_per_rank.tolist()
         recv_splits = received.sum(dim=1).tolist()
-        rows = backend.permute(x, plan.layout, out=self.buffer("send", plan.layout.num_rows, x))
+        rows = self.codec.encode(backend, x, plan.layout, out=self.wire_buffer("send", plan.layout.num_rows, x))
         received_rows = self.transport.all_to_all(
             "dispatch",
             "row exchange",
@@ -62,15 +64,15 @@ class AlltoallvPairsDispatcher(Dispatcher):
             sum(recv_splits),
             recv_splits,
             send_splits,
-            out=None if self.world_size == 1 else self.buffer("recv", sum(recv_splits), x),
+            out=None if self.world_size == 1 else self.wire_buffer("recv", sum(recv_splits), x),
         )
-        stats = dataclasses.replace(plan.stats, **pair_rows_sent(send_splits, self.rank, x.shape[1] * x.element_size()))
+        stats = dataclasses.replace(plan.stats, **pair_rows_sent(send_splits, self.rank, self.crossing_row_bytes(x)))
         handle = AlltoallvPairsHandle(
             **{**self.handle_fields(x.shape[0], plan), "stats": stats},
             send_splits=send_splits,
             recv_splits=recv_splits,
         )
-        return self.to_expert_major(backend, received_rows, handle), handle
+        return self.expert_rows(backend, self.to_expert_major(backend, received_rows, handle), None, x, dequantize), handle
 
     def combine(self, expert_y: torch.Tensor, handle: AlltoallvPairsHandle) -> torch.Tensor:
         """See :meth:`Dispatcher.combine`: ``expert_y [N_recv, H]`` -> ``[T, H]``."""

@@ -20,10 +20,12 @@ from moecomm.backends import KernelBackend, select_backend
 from moecomm.checks import ACTIVATION_DTYPES, check_tensor, check_topk_ids, check_topk_weights, check_topology
 from moecomm.comm.drop_plan import StepPlan, plan_step
 from moecomm.comm.handle import DispatchHandle
+from moecomm.comm.row_codec import QuantizedRows, row_codec
 from moecomm.comm.transports import make_transport
 from moecomm.comm.transports.torch_dist import TorchTransport
 from moecomm.comm.workspace import Workspace
 from moecomm.config import MoECommConfig
+from moecomm.ops.layout import RouteLayout
 
 
 class Dispatcher:
@@ -59,6 +61,7 @@ class Dispatcher:
         bootstrap.check_same_settings({**config.to_dict(), "num_experts": num_experts})
         self.transport = make_transport(config.transport, group, config.timeout_s, self.name)
         self.workspace = Workspace(self._allocate, fresh=fresh_buffers)
+        self.codec = row_codec(config.dispatch_quant)
         self.steps_dispatched = 0
 
     # ---- topology ----
@@ -103,7 +106,44 @@ class Dispatcher:
         request of ``name``)."""
         return self.workspace.buffer(name, (rows, *like.shape[1:]), like.dtype, like.device)
 
+    def wire_buffer(self, name: str, rows: int, x: torch.Tensor) -> torch.Tensor:
+        """A reused ``[rows, width]`` buffer for the crossing rows of activations ``x`` (x's rows, or int8 wire
+        rows under ``dispatch_quant``)."""
+        shape = (rows, self.codec.width(x.shape[1]))
+        return self.workspace.buffer(name, shape, self.codec.dtype(x), x.device)
+
+    def crossing_row_bytes(self, x: torch.Tensor) -> int:
+        """Bytes one row of ``x`` takes on the wire (quantized size, scales included, under ``dispatch_quant``)."""
+        return self.codec.row_bytes(x.shape[1], x.dtype)
+
+    def expert_rows(
+        self,
+        backend: KernelBackend,
+        rows: torch.Tensor,
+        layout: RouteLayout | None,
+        x: torch.Tensor,
+        dequantize: bool,
+    ) -> torch.Tensor | QuantizedRows:
+        """Crossed rows (scattered by ``layout`` when given) -> what :meth:`dispatch` returns: ``expert_x
+        [N_recv, H]`` in x's dtype, or :class:`QuantizedRows` with ``dequantize=False``."""
+        hidden = x.shape[1]
+        num_rows = rows.shape[0] if layout is None else layout.num_rows
+        if not dequantize:
+            out = None if layout is None else self.wire_buffer("expert_wire", num_rows, x)
+            return self.codec.keep_quantized(backend, rows, layout, hidden, x.dtype, out=out)
+        if layout is None and not self.codec.quantized:
+            return rows
+        return self.codec.decode(backend, rows, layout, hidden, x.dtype, out=self.buffer("expert_x", num_rows, x))
+
     # ---- input checks (local: they run before any collective) ----
+
+    def check_dequantize(self, dequantize: object) -> bool:
+        """Checks dispatch's ``dequantize`` flag: False needs ``dispatch_quant`` (else nothing is quantized)."""
+        if not isinstance(dequantize, bool):
+            raise TypeError(f"dequantize: expected True or False, got {dequantize!r}")
+        if not dequantize and not self.codec.quantized:
+            raise ValueError("dequantize: False needs MoECommConfig(dispatch_quant='int8' or 'fp8'): rows are not quantized")
+        return dequantize
 
     def check_inputs(
         self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor
@@ -175,11 +215,11 @@ class Dispatcher:
     def to_expert_major(
         self, backend: KernelBackend, received_rows: torch.Tensor, handle: DispatchHandle
     ) -> torch.Tensor:
-        """Received rows ``[N_recv, H]`` from (source rank, local expert) to (local expert, source rank) order,
-        into the workspace's ``expert_x`` buffer."""
+        """Received rows ``[N_recv, W]`` from (source rank, local expert) to (local expert, source rank) order,
+        into the workspace's ``expert_rows`` buffer."""
         if self.world_size == 1:
             return received_rows
-        out = self.buffer("expert_x", received_rows.shape[0], received_rows)
+        out = self.buffer("expert_rows", received_rows.shape[0], received_rows)
         return backend.regroup_blocks(received_rows, handle.received_from_rank, out=out)
 
     def to_source_major(self, backend: KernelBackend, expert_y: torch.Tensor, handle: DispatchHandle) -> torch.Tensor:
@@ -259,19 +299,23 @@ class Dispatcher:
     # ---- the interface ----
 
     def dispatch(
-        self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor
-    ) -> tuple[torch.Tensor, DispatchHandle]:
+        self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, *, dequantize: bool = True
+    ) -> tuple[torch.Tensor | QuantizedRows, DispatchHandle]:
         """Sends each kept (token, expert) pair's row to the expert's rank.
 
         Args:
             x: ``[T, H]`` float32/float16/bfloat16 tokens of this rank (T may be 0; H, dtype, K equal on all ranks).
             topk_ids: ``[T, K]`` int32/int64 expert ids in ``[0, E)``, on x's device.
             topk_weights: ``[T, K]`` float32/float16/bfloat16 gate weights, on x's device.
+            dequantize: with ``config.dispatch_quant``, False returns the rows as they crossed
+                (:class:`~moecomm.comm.row_codec.QuantizedRows`: codes + scales) for an expert that consumes
+                them; True (default) dequantizes them to x's dtype.
 
         Returns:
             ``expert_x [N_recv, H]`` in x's dtype on x's device, grouped by local expert (local expert 0
             first), within an expert by source rank, then token, then k; and the handle for :meth:`combine`.
             ``expert_x`` may be a view into this dispatcher's reused buffers: valid until the next ``dispatch``.
+            With ``dispatch_quant``, each row is ``dequantize(quantize(x row))`` exactly.
         """
         raise NotImplementedError
 

@@ -5,13 +5,13 @@ Both exchanges move the same bytes in the same order, so the dispatcher above th
 - :class:`CollectiveTokenExchange` (any transport): the token rows are laid out in (destination, token) order
   in the ``send`` buffer and exchanged with two ``all_to_all`` calls (rows, routing metadata); the partial
   rows come back with a third.
-- :class:`RegionTokenExchange` (transports with shared regions, i.e. ``shm``): the sender copies each token
-  row from ``x`` straight into the destination's ``dispatch`` region (no send buffer, no receive copy), and
+- :class:`RegionTokenExchange` (transports with shared regions, i.e. ``shm``): the sender copies (or, with
+  ``dispatch_quant``, quantizes) each token row from ``x`` straight into the destination's ``dispatch`` region (no send buffer, no receive copy), and
   each expert rank copies its partial rows straight into the source's ``combine`` region; a ``sync`` (one
   barrier) publishes each step's writes.
 
 Region layout of rank d (offsets from the count exchange, identical on every rank): ``dispatch`` holds
-``[N_in, H]`` token rows from every source s in rank order (``n[s, d]`` rows each), then ``[N_in, 2K]`` int32
+``[N_in, W]`` token rows (W = H values, or the wire row bytes under ``dispatch_quant``) from every source s in rank order (``n[s, d]`` rows each), then ``[N_in, 2K]`` int32
 routing metadata; ``combine`` holds the ``[N_back, H]`` partial rows coming back, from each destination in rank
 order (``n[d, e]`` rows from rank e).
 """
@@ -22,6 +22,7 @@ import torch
 
 from moecomm.backends.base import KernelBackend
 from moecomm.comm.transports.base import Transport
+from moecomm.comm.row_codec import PlainRows
 from moecomm.comm.workspace import Workspace
 from moecomm.ops.layout import RouteLayout
 
@@ -54,15 +55,17 @@ class CollectiveTokenExchange:
     def send_tokens(
         self,
         backend: KernelBackend,
+        codec: PlainRows,
         x: torch.Tensor,
         dest_layout: RouteLayout,
         metadata: torch.Tensor,
         counts: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sends token rows and their ``metadata [N_send, 2K]`` int32; ``counts [R, R]`` int64 token rows (source,
-        destination). Returns (``[N_in, H]`` received rows, ``[N_in, 2K]`` received metadata)."""
+        """Sends token rows (encoded by ``codec``: plain or quantized wire rows) and their ``metadata [N_send, 2K]``
+        int32; ``counts [R, R]`` int64 token rows (source, destination). Returns (``[N_in, W]`` received rows,
+        ``[N_in, 2K]`` received metadata)."""
         send_splits, recv_splits = self._splits(counts)
-        rows = backend.permute(x, dest_layout, out=self._buffer("send", dest_layout.num_rows, x))
+        rows = codec.encode(backend, x, dest_layout, out=self._wire_buffer("send", dest_layout.num_rows, codec, x))
         received_metadata = self.transport.all_to_all(
             "dispatch", "routing exchange", metadata, sum(recv_splits), recv_splits, send_splits
         )
@@ -73,7 +76,7 @@ class CollectiveTokenExchange:
             sum(recv_splits),
             recv_splits,
             send_splits,
-            out=self._buffer("recv", sum(recv_splits), x),
+            out=self._wire_buffer("recv", sum(recv_splits), codec, x),
         )
         return received_rows, received_metadata
 
@@ -98,6 +101,9 @@ class CollectiveTokenExchange:
     def _buffer(self, name: str, rows: int, like: torch.Tensor) -> torch.Tensor:
         return self.workspace.buffer(name, (rows, *like.shape[1:]), like.dtype, like.device)
 
+    def _wire_buffer(self, name: str, rows: int, codec: PlainRows, x: torch.Tensor) -> torch.Tensor:
+        return self.workspace.buffer(name, (rows, codec.width(x.shape[1])), codec.dtype(x), x.device)
+
 
 class RegionTokenExchange:
     """Token rows and partial rows copied straight into the peers' shared regions (``shm`` transport)."""
@@ -108,16 +114,19 @@ class RegionTokenExchange:
     def send_tokens(
         self,
         backend: KernelBackend,
+        codec: PlainRows,
         x: torch.Tensor,
         dest_layout: RouteLayout,
         metadata: torch.Tensor,
         counts: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """See :meth:`CollectiveTokenExchange.send_tokens`; the received tensors are views of this rank's
-        ``dispatch`` region, valid until the next step's token exchange."""
+        """See :meth:`CollectiveTokenExchange.send_tokens`; the sender encodes (quantizes) each row straight into
+        the destination's region; the received tensors are views of this rank's ``dispatch`` region, valid
+        until the next step's token exchange."""
         transport, rank, num_ranks = self.transport, self.transport.rank, self.transport.world_size
         hidden, meta_width = x.shape[1], metadata.shape[1]
-        row_bytes = hidden * x.element_size()
+        width, row_dtype = codec.width(hidden), codec.dtype(x)
+        row_bytes = codec.row_bytes(hidden, x.dtype)
         received = counts[:, rank].tolist()
         num_in = sum(received)
         num_back = int(counts[rank].sum())
@@ -133,8 +142,8 @@ class RegionTokenExchange:
             peer_in = counts[:, dest].tolist()
             first = _row_offsets(peer_in)[rank]
             region = transport.region(dest, "dispatch")
-            rows_view = region[first * row_bytes : (first + count) * row_bytes].view(x.dtype).view(count, hidden)
-            backend.permute(x, self._one_destination(backend, dest_layout, dest), out=rows_view)
+            rows_view = region[first * row_bytes : (first + count) * row_bytes].view(row_dtype).view(count, width)
+            codec.encode(backend, x, self._one_destination(backend, dest_layout, dest), out=rows_view)
             meta_start = _aligned(sum(peer_in) * row_bytes) + first * meta_width * 4
             meta_view = (
                 region[meta_start : meta_start + count * meta_width * 4].view(torch.int32).view(count, meta_width)
@@ -142,7 +151,7 @@ class RegionTokenExchange:
             meta_view.copy_(metadata[send_offsets[dest] : send_offsets[dest] + count])
         transport.sync("dispatch", "token exchange")
         own = transport.region(rank, "dispatch")
-        rows = own[: num_in * row_bytes].view(x.dtype).view(num_in, hidden)
+        rows = own[: num_in * row_bytes].view(row_dtype).view(num_in, width)
         meta_start = _aligned(num_in * row_bytes)
         meta = own[meta_start : meta_start + num_in * meta_width * 4].view(torch.int32).view(num_in, meta_width)
         return rows, meta.clone()
