@@ -43,3 +43,25 @@ def quantized_vs_reference(rank: int, world_size: int, cases: list[dict[str, Any
         plain.close()
         results.append(result)
     return results
+
+
+def non_finite_row(rank: int, world_size: int, dispatcher_name: str, transport: str, timeout_s: float) -> dict[str, Any]:
+    """Rank 0's token row 2 holds NaN under ``dispatch_quant="int8"``: what each rank raises, and how fast."""
+    import time
+
+    config = MoECommConfig(dispatcher=dispatcher_name, transport=transport, dispatch_quant="int8", timeout_s=timeout_s,
+                           max_tokens_per_rank=8)
+    dispatcher = make_dispatcher(config, 4, dist.group.WORLD)
+    gen = torch.Generator().manual_seed(rank)
+    x = torch.randn(6, 16, generator=gen)
+    if rank == 0:
+        x[2, 5] = float("nan")
+    ids = torch.arange(12).reshape(6, 2) % 4  # every token goes to both ranks
+    start = time.monotonic()
+    try:
+        dispatcher.dispatch(x, ids, torch.full((6, 2), 0.5))
+    except Exception as error:  # noqa: BLE001 - the test inspects what each rank raised
+        return {"error": f"{type(error).__name__}: {error}", "elapsed": time.monotonic() - start}
+    finally:
+        dispatcher.close()
+    return {"error": None, "elapsed": time.monotonic() - start}

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from quant_workers import quantized_vs_reference
+from quant_workers import non_finite_row, quantized_vs_reference
 
 from moecomm import ops
 from moecomm.config import MoECommConfig
@@ -98,3 +98,15 @@ def test_dispatch_quant_is_validated() -> None:
         MoECommConfig(dispatch_quant="int4")
     with pytest.raises(ValueError, match="dispatch_quant"):
         MoECommConfig(dispatch_quant=8)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dispatcher", ["alltoallv", "alltoallv-pairs"])
+@pytest.mark.parametrize("transport", ["torch", "shm"])
+def test_a_row_with_nan_is_named_and_peers_fail_within_the_timeout(dispatcher: str, transport: str) -> None:
+    timeout_s = 3.0
+    results = run_local(non_finite_row, 2, dispatcher, transport, timeout_s, timeout_s=120.0)
+    assert "x: row 2 contains inf or NaN" in results[0]["error"], results[0]
+    assert "rank 0" in results[0]["error"] and "row quantization" in results[0]["error"]
+    # the peer fails in a named dispatch step (waiting for rank 0, or told by gloo that rank 0 left)
+    assert results[1]["error"].startswith("CommStepError: rank 1: ") and "dispatch step" in results[1]["error"]
+    assert results[1]["elapsed"] < timeout_s + 5.0, results[1]

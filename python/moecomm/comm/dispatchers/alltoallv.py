@@ -127,7 +127,7 @@ class AlltoallvDispatcher(Dispatcher):
                 recv_layout=plan.layout,
                 recv_weights=plan.topk_weights,
             )
-            rows = self.codec.encode(backend, x, None, out=self.wire_buffer("send", x.shape[0], x) if self.codec.quantized else None)
+            rows = self.encode_rows(backend, x, None, self.wire_buffer("send", x.shape[0], x) if self.codec.quantized else None)
             return self.expert_rows(backend, rows, plan.layout, x, dequantize), handle
         dest_mask = masks[-1]
         counts = plan.extra_counts  # [R, R] token rows (source, destination)
@@ -135,9 +135,10 @@ class AlltoallvDispatcher(Dispatcher):
         dest_ids = torch.arange(num_ranks, device=x.device).expand(x.shape[0], num_ranks).contiguous()
         dest_layout = backend.route_layout(dest_ids, num_ranks, num_ranks, dest_mask)
         metadata = self._routing_metadata(ids, plan.is_kept, plan.topk_weights, dest_layout, dest_mask)
-        received_rows, received_metadata = self.exchange.send_tokens(
-            backend, self.codec, x, dest_layout, metadata, counts
-        )
+        with self.refused_rows_break_transport():
+            received_rows, received_metadata = self.exchange.send_tokens(
+                backend, self.codec, x, dest_layout, metadata, counts
+            )
         local_ids = received_metadata[:, :top_k]
         recv_weights = received_metadata[:, top_k:].contiguous().view(torch.float32)
         recv_kept = local_ids >= 0

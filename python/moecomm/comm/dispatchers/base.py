@@ -13,6 +13,9 @@ expert-output dtype and width before any row moves.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.distributed as dist
 
@@ -111,6 +114,23 @@ class Dispatcher:
         rows under ``dispatch_quant``)."""
         shape = (rows, self.codec.width(x.shape[1]))
         return self.workspace.buffer(name, shape, self.codec.dtype(x), x.device)
+
+    def encode_rows(
+        self, backend: KernelBackend, x: torch.Tensor, layout: RouteLayout | None, out: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The crossing rows of ``x`` (see :class:`~moecomm.comm.row_codec.PlainRows`); rows the codec refuses
+        (inf/NaN under ``dispatch_quant``) break the transport, naming the row, since peers wait for them."""
+        with self.refused_rows_break_transport():
+            return self.codec.encode(backend, x, layout, out=out)
+
+    @contextlib.contextmanager
+    def refused_rows_break_transport(self) -> Iterator[None]:
+        """Turns the codec's ValueError (a row holding inf or NaN) into a broken transport and a CommStepError
+        naming the row: this rank will not send its rows, so its peers fail within ``timeout_s``."""
+        try:
+            yield
+        except ValueError as error:
+            raise self.transport.fail("dispatch", "row quantization", str(error)) from error
 
     def crossing_row_bytes(self, x: torch.Tensor) -> int:
         """Bytes one row of ``x`` takes on the wire (quantized size, scales included, under ``dispatch_quant``)."""
