@@ -3,6 +3,7 @@
 // tensor's data pointer may be null, which memcpy/memset must not see).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -38,24 +39,32 @@ inline void copy_rows(char* dst, const char* src, int64_t count, int64_t hidden,
 // and skipping the read-for-ownership of every destination line saves a third of the traffic.
 constexpr int64_t kStreamingOutputBytes = int64_t{32} << 20;
 
-// Copies `bytes` bytes with non-temporal stores when both sizes and dst allow it, else memcpy.
+// Copies `bytes` bytes with non-temporal stores: plain stores up to dst's first 16-byte boundary, streaming
+// stores for the whole 64-byte blocks after it, plain stores for the tail (so any size and alignment streams
+// nearly all of its bytes; wire rows of quantized dispatch are rarely 64-byte multiples).
 inline void copy_row_streaming(char* dst, const char* src, int64_t bytes) {
 #if defined(__SSE2__)
-  if ((reinterpret_cast<uintptr_t>(dst) & 15) == 0 && (bytes & 63) == 0) {
-    for (int64_t i = 0; i < bytes; i += 64) {
-      const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
-      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 16));
-      const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 32));
-      const __m128i d = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 48));
-      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), a);
-      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 16), b);
-      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 32), c);
-      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 48), d);
-    }
-    return;
+  const int64_t misalign = static_cast<int64_t>(reinterpret_cast<uintptr_t>(dst) & 15);
+  const int64_t head = std::min<int64_t>(bytes, misalign == 0 ? 0 : 16 - misalign);
+  if (head > 0) std::memcpy(dst, src, static_cast<size_t>(head));
+  dst += head;
+  src += head;
+  bytes -= head;
+  const int64_t body = bytes & ~int64_t{63};
+  for (int64_t i = 0; i < body; i += 64) {
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 16));
+    const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 32));
+    const __m128i d = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 48));
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), a);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 16), b);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 32), c);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 48), d);
   }
+  if (bytes > body) std::memcpy(dst + body, src + body, static_cast<size_t>(bytes - body));
+  return;
 #endif
-  std::memcpy(dst, src, static_cast<size_t>(bytes));
+  if (bytes > 0) std::memcpy(dst, src, static_cast<size_t>(bytes));
 }
 
 inline void streaming_fence() {

@@ -143,6 +143,28 @@ int64_t check_scatter(const RowScatter& scatter, int64_t num_rows) {
   return bad == kOk ? kOk : kBadRowMapBase - bad;
 }
 
+// Where one output row's scales sit relative to its codes. In wire rows (codes, zero padding, scales in one
+// row) the whole span [codes, end of scales) is staged and written with one copy; else codes and scales are
+// copied separately.
+struct RowSpan {
+  bool packed = false;
+  int64_t scales_offset = 0;  // bytes from a row's first code to its first scale (packed only)
+  int64_t bytes = 0;          // bytes written per output row when packed
+};
+
+RowSpan row_span(const void* q, int64_t q_stride_bytes, int64_t code_bytes, const float* scales,
+                 int64_t scales_stride_row, int64_t scales_per_row) {
+  const auto q_addr = reinterpret_cast<uintptr_t>(q), s_addr = reinterpret_cast<uintptr_t>(scales);
+  const int64_t scale_bytes = scales_per_row * static_cast<int64_t>(sizeof(float));
+  if (s_addr < q_addr || scales_stride_row * static_cast<int64_t>(sizeof(float)) != q_stride_bytes) return {};
+  const auto offset = static_cast<int64_t>(s_addr - q_addr);
+  if (offset < code_bytes || offset % static_cast<int64_t>(sizeof(float)) != 0 ||
+      offset + scale_bytes > q_stride_bytes) {
+    return {};
+  }
+  return {true, offset, offset + scale_bytes};
+}
+
 template <typename Type, typename Code>
 int64_t quantize_typed(const typename Type::Storage* x, int64_t num_rows, const Blocks& blocks,
                        int64_t x_stride_row, int64_t x_stride_hidden, int64_t scales_per_row,
@@ -152,16 +174,22 @@ int64_t quantize_typed(const typename Type::Storage* x, int64_t num_rows, const 
   using CodeStorage = typename Code::Storage;
   const int64_t hidden = blocks.hidden;
   const int64_t row_bytes = hidden * static_cast<int64_t>(sizeof(CodeStorage));
+  const int64_t scale_bytes = scales_per_row * static_cast<int64_t>(sizeof(float));
+  const RowSpan span = row_span(q, q_stride_row * static_cast<int64_t>(sizeof(CodeStorage)), row_bytes, scales,
+                                scales_stride_row, scales_per_row);
   const int64_t num_out_rows = scatter.row_of_pair == nullptr ? num_rows : scatter.num_out_rows;
-  const bool streaming = num_out_rows * row_bytes >= kStreamingOutputBytes && (q_stride_row & 15) == 0;
+  const bool streaming = num_out_rows * (span.packed ? span.bytes : row_bytes) >= kStreamingOutputBytes;
   const Destinations destinations{scatter};
   std::vector<int64_t> first_bad(static_cast<size_t>(parallel_chunks(num_rows, num_threads, kRowsPerChunk)),
                                  kOk);
   parallel_for(num_rows, num_threads, kRowsPerChunk, [&](int64_t r0, int64_t r1, int64_t chunk) {
     std::vector<Storage> gathered(x_stride_hidden == 1 ? 0 : static_cast<size_t>(hidden));  // strided rows
-    // Each row is quantized once here, then copied to every output row it goes to.
-    std::vector<CodeStorage> staged(static_cast<size_t>(hidden));
-    std::vector<float> staged_scales(static_cast<size_t>(scales_per_row));
+    // Each row is quantized once into `staged` (codes, zero padding, scales when packed), then copied to every
+    // output row it goes to. float storage keeps the staged scales aligned.
+    const int64_t staged_bytes = span.packed ? span.bytes : row_bytes + scale_bytes;
+    std::vector<float> staged_storage(static_cast<size_t>(staged_bytes / 4 + 2), 0.0f);
+    char* staged = reinterpret_cast<char*>(staged_storage.data());
+    float* staged_scales = reinterpret_cast<float*>(staged + (span.packed ? span.scales_offset : (row_bytes + 3) / 4 * 4));
     for (int64_t r = r0; r < r1; ++r) {
       const Storage* row = x + r * x_stride_row;
       if (x_stride_hidden != 1) {
@@ -169,21 +197,21 @@ int64_t quantize_typed(const typename Type::Storage* x, int64_t num_rows, const 
                  x_stride_hidden, sizeof(Storage));
         row = gathered.data();
       }
-      if (!quantize_row<Type, Code>(row, blocks, scales_per_row, staged.data(), staged_scales.data())) {
+      if (!quantize_row<Type, Code>(row, blocks, scales_per_row, reinterpret_cast<CodeStorage*>(staged),
+                                    staged_scales)) {
         first_bad[static_cast<size_t>(chunk)] = r;
         break;
       }
       destinations.each(r, [&](int64_t out_row) {
         char* q_row = reinterpret_cast<char*>(q + out_row * q_stride_row);
-        const char* codes = reinterpret_cast<const char*>(staged.data());
+        const int64_t bytes = span.packed ? span.bytes : row_bytes;
         if (streaming) {
-          copy_row_streaming(q_row, codes, row_bytes);
-        } else if (row_bytes > 0) {
-          std::memcpy(q_row, codes, static_cast<size_t>(row_bytes));
+          copy_row_streaming(q_row, staged, bytes);
+        } else if (bytes > 0) {
+          std::memcpy(q_row, staged, static_cast<size_t>(bytes));
         }
-        if (scales_per_row > 0) {
-          std::memcpy(scales + out_row * scales_stride_row, staged_scales.data(),
-                      static_cast<size_t>(scales_per_row) * sizeof(float));
+        if (!span.packed && scale_bytes > 0) {
+          std::memcpy(scales + out_row * scales_stride_row, staged_scales, static_cast<size_t>(scale_bytes));
         }
       });
     }
@@ -201,28 +229,39 @@ void dequantize_typed(const typename Code::Storage* q, int64_t num_rows, const B
                       const RowScatter& scatter, typename Type::Storage* out, int num_threads) {
   using OutStorage = typename Type::Storage;
   const int64_t hidden = blocks.hidden;
-  const size_t out_row_bytes = static_cast<size_t>(hidden) * sizeof(OutStorage);
+  const int64_t out_row_bytes = hidden * static_cast<int64_t>(sizeof(OutStorage));
+  const int64_t num_out_rows = scatter.row_of_pair == nullptr ? num_rows : scatter.num_out_rows;
+  const bool streaming = num_out_rows * out_row_bytes >= kStreamingOutputBytes;
   const Destinations destinations{scatter};
   parallel_for(num_rows, num_threads, kRowsPerChunk, [&](int64_t r0, int64_t r1, int64_t) {
+    // Large outputs: each row is dequantized into `staged` (cached) and streamed to its rows; small ones are
+    // computed into their first row and copied to the others.
+    std::vector<OutStorage> staged(streaming ? static_cast<size_t>(hidden) : 0);
     for (int64_t r = r0; r < r1; ++r) {
       const typename Code::Storage* q_row = q + r * q_stride_row;
       const float* scale_row = scales + r * scales_stride_row;
-      OutStorage* first = nullptr;  // the row is computed into its first destination, copied to the others
+      const OutStorage* computed = nullptr;
       destinations.each(r, [&](int64_t out_row) {
-        OutStorage* out_row_ptr = out + out_row * hidden;
-        if (first != nullptr) {
-          if (out_row_bytes > 0) std::memcpy(out_row_ptr, first, out_row_bytes);
-          return;
-        }
-        for (int64_t b = 0; b < blocks.used; ++b) {
-          const float scale = scale_row[b];
-          for (int64_t h = blocks.begin(b), end = blocks.end(b); h < end; ++h) {
-            out_row_ptr[h] = Type::store(Code::decode(q_row[h]) * scale);
+        OutStorage* target = out + out_row * hidden;
+        if (computed == nullptr) {
+          OutStorage* into = streaming ? staged.data() : target;
+          for (int64_t b = 0; b < blocks.used; ++b) {
+            const float scale = scale_row[b];
+            for (int64_t h = blocks.begin(b), end = blocks.end(b); h < end; ++h) {
+              into[h] = Type::store(Code::decode(q_row[h]) * scale);
+            }
           }
+          computed = into;
+          if (!streaming) return;
         }
-        first = out_row_ptr;
+        if (streaming) {
+          copy_row_streaming(reinterpret_cast<char*>(target), reinterpret_cast<const char*>(computed), out_row_bytes);
+        } else if (out_row_bytes > 0) {
+          std::memcpy(target, computed, static_cast<size_t>(out_row_bytes));
+        }
       });
     }
+    if (streaming) streaming_fence();
   });
 }
 

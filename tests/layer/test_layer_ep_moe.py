@@ -7,6 +7,7 @@ import torch
 from layer_reference import dense_moe_reference
 
 from moecomm.layer import EPMoE
+from moecomm.ops import reference
 
 HIDDEN, INTER, NUM_EXPERTS, TOP_K = 16, 8, 8, 2
 
@@ -50,6 +51,22 @@ def test_ep_moe_matches_dense_reference(router_settings, config):
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
     assert layer.last_stats.total_pairs == 15 * TOP_K and layer.last_stats.dropped_pairs == 0
     assert layer(torch.empty(0, HIDDEN)).shape == (0, HIDDEN)
+
+
+@pytest.mark.parametrize("kind", ["int8", "fp8"])
+@pytest.mark.parametrize("dispatcher", ["alltoallv", "allgather"])
+def test_ep_moe_with_dispatch_quant_feeds_experts_the_rounded_rows(kind, dispatcher):
+    """Router and shared experts see x; the routed experts see dequantize(quantize(x)) (the rows that crossed)."""
+    torch.manual_seed(3)
+    config = {"dispatcher": dispatcher, "dispatch_quant": kind}
+    layer = EPMoE(HIDDEN, INTER, NUM_EXPERTS, TOP_K, config=config, shared_intermediate_size=8)
+    w13, w2 = random_expert_weights(4)
+    layer.load_expert_weights(w13=w13, w2=w2)
+    x = torch.randn(11, HIDDEN)
+    rounded = reference.dequantize_rows(*reference.quantize_rows(x, kind), kind, x.dtype)
+    out = layer(x)
+    torch.testing.assert_close(out.double(), dense_moe_reference(layer, w13, w2, x, rounded), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(out.double(), dense_moe_reference(layer, w13, w2, x), rtol=1e-6, atol=1e-6)
 
 
 def test_load_expert_weights_from_separate_gate_and_up():

@@ -44,8 +44,10 @@ struct RowScatter {
 
 // x: [N, H] float32/float16/bfloat16 with strides (x_stride_row, x_stride_hidden).
 // q: output rows of H codes (int8 or e4m3fn bytes), q_stride_row bytes apart; scales: output rows of
-// scales_per_row float32, scales_stride_row floats apart (the two may interleave in one buffer of wire rows:
-// the kernel writes exactly the H code bytes and scales_per_row scales of each output row).
+// scales_per_row float32, scales_stride_row floats apart. The two may interleave in one buffer of wire rows
+// (each row: H code bytes, padding, its scales, rows equally far apart): then the kernel writes each output
+// row's span from its first code to its last scale, padding zeroed; otherwise exactly the H code bytes and
+// the scales_per_row scales of each output row.
 // Needs block_cols >= 1 and scales_per_row * block_cols >= H (blocks past column H are empty: scale 0).
 // Every row of x is checked for inf/NaN, also one the scatter sends nowhere.
 int64_t quantize_rows(const void* x, ScalarType type, int64_t num_rows, int64_t hidden, int64_t x_stride_row,

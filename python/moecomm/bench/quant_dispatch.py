@@ -3,8 +3,9 @@
     moecomm bench quant                    # EP2, T=4096/rank, H=2048 and 7168, E=64, K=8, bf16, alltoallv over shm
     moecomm bench quant --hiddens 2048 --repeats 5 --json quant.json
 
-Timing: for each H, one interleaved run of every ``dispatch_quant`` (none, int8, fp8) as two cases, the dispatch
-alone and dispatch + combine with identity experts (slowest rank per sample); ratios are medians of the same run.
+Timing: for each H, one interleaved run of every ``dispatch_quant`` (none, int8, fp8) as the dispatch alone,
+the dispatch with ``dequantize=False`` (experts that take int8/fp8 rows), and dispatch + combine with identity
+experts (slowest rank per sample); ratios are medians of the same run.
 Bytes: ``handle.stats.bytes_sent`` (rows and routing metadata that crossed ranks), summed over ranks.
 Error: relative L2 of a SwiGLU MoE layer's output with quantized vs unquantized dispatch (same router, same
 experts; one process, since a quantized dispatch equals the unquantized dispatch of the rounded rows at any
@@ -79,6 +80,8 @@ def quant_worker(rank: int, world_size: int, config: QuantBenchConfig) -> dict[s
 
             cases[f"{kind}/dispatch"] = lambda d=d: d.dispatch(x, ids, weights)
             cases[f"{kind}/dispatch+combine"] = step
+            if kind != "none":  # the experts take the quantized rows (no dequantize on the receiver)
+                cases[f"{kind}/dispatch, rows kept quantized"] = lambda d=d: d.dispatch(x, ids, weights, dequantize=False)
         timings = measure_interleaved(cases, repeats=config.repeats, warmup=config.warmup, timer=synced_time)
         for d in dispatchers:
             d.close()
@@ -136,6 +139,7 @@ def run_quant(config: QuantBenchConfig) -> dict[str, Any]:
         errors = layer_errors(config, hidden)
         for kind in config.kinds:
             dispatch, step = timings[f"{kind}/dispatch"], timings[f"{kind}/dispatch+combine"]
+            kept = timings.get(f"{kind}/dispatch, rows kept quantized")
             base_dispatch, base_step = timings.get("none/dispatch"), timings.get("none/dispatch+combine")
             records.append(
                 {
@@ -144,6 +148,10 @@ def run_quant(config: QuantBenchConfig) -> dict[str, Any]:
                     "dispatch_median_s": dispatch.median,
                     "step_median_s": step.median,
                     "dispatch_speedup_vs_bf16": base_dispatch.median / dispatch.median if base_dispatch else None,
+                    "dispatch_quantized_rows_median_s": kept.median if kept else None,
+                    "dispatch_quantized_rows_speedup_vs_bf16": base_dispatch.median / kept.median
+                    if kept and base_dispatch
+                    else None,
                     "step_speedup_vs_bf16": base_step.median / step.median if base_step else None,
                     "bytes_sent": result["bytes_sent"][kind],
                     "bytes_vs_bf16": result["bytes_sent"][kind] / result["bytes_sent"]["none"]
@@ -166,6 +174,8 @@ def quant_table(records: list[dict[str, Any]], config: QuantBenchConfig) -> str:
             r["kind"],
             ms(r["dispatch_median_s"]),
             r["dispatch_speedup_vs_bf16"],
+            ms(r["dispatch_quantized_rows_median_s"]),
+            r["dispatch_quantized_rows_speedup_vs_bf16"],
             ms(r["step_median_s"]),
             r["step_speedup_vs_bf16"],
             r["bytes_sent"] / (1 << 20),
@@ -185,6 +195,8 @@ def quant_table(records: list[dict[str, Any]], config: QuantBenchConfig) -> str:
             "dispatch_quant",
             "dispatch ms",
             "dispatch speedup vs bf16",
+            "dispatch ms, rows kept quantized",
+            "its speedup vs bf16",
             "dispatch+combine ms",
             "step speedup vs bf16",
             "MiB sent (all ranks)",

@@ -22,6 +22,7 @@ from moecomm.comm.dispatchers import (
 from moecomm.comm.group import EPGroup
 from moecomm.comm.handle import DispatchHandle, DropStats
 from moecomm.comm.moe_step import run_moe_step
+from moecomm.comm.row_codec import QuantizedRows
 from moecomm.comm.transports import CommStepError, Transport, make_transport
 from moecomm.config import MoECommConfig
 from moecomm.registry import DISPATCHERS, load
@@ -62,6 +63,7 @@ __all__ = [
     "AlltoallHandle",
     "AllgatherHandle",
     "DropStats",
+    "QuantizedRows",
     "CommStepError",
     "Transport",
     "make_transport",

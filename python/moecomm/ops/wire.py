@@ -126,9 +126,8 @@ def quantize_to_wire(
     wire = _wire_out(out, num_rows, fmt, x)
     codes, scales = fmt.views(wire)
     row_map = None if layout is None else tensor_arg("layout", layout.row_of_pair)
+    # codes and scales share the wire rows: the kernel writes each row whole, padding zeroed
     _C.quantize_rows(tensor_arg("x", x), tensor_arg("out", codes), tensor_arg("out", scales), row_map, num_threads())
-    if fmt.scales_offset > fmt.hidden:
-        wire[:, fmt.hidden : fmt.scales_offset] = 0  # padding: defined bytes on the wire
     return wire
 
 
