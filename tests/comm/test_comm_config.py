@@ -23,6 +23,7 @@ def test_comm_config_defaults_and_round_trip() -> None:
         "timeout_s": 60.0,
         "transport": "auto",
         "kernel_backend": "auto",
+        "dispatch_quant": None,
     }
     custom = MoECommConfig(
         dispatcher="alltoall",
@@ -34,6 +35,7 @@ def test_comm_config_defaults_and_round_trip() -> None:
         max_tokens_per_rank=64,
         log_stats_every=5,
         timeout_s=3,
+        dispatch_quant="fp8",
     )
     assert MoECommConfig.from_dict(custom.to_dict()) == custom
     assert MoECommConfig.from_dict(None) == config
