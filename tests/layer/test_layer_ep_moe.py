@@ -64,7 +64,8 @@ def test_ep_moe_with_dispatch_quant_feeds_experts_the_rounded_rows(kind, dispatc
     layer.load_expert_weights(w13=w13, w2=w2)
     x = torch.randn(11, HIDDEN)
     rounded = reference.dequantize_rows(*reference.quantize_rows(x, kind), kind, x.dtype)
-    out = layer(x)
+    with torch.no_grad():  # quantized dispatch is inference-only
+        out = layer(x)
     torch.testing.assert_close(out.double(), dense_moe_reference(layer, w13, w2, x, rounded), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(out.double(), dense_moe_reference(layer, w13, w2, x), rtol=1e-6, atol=1e-6)
 
@@ -133,3 +134,29 @@ def test_ep_moe_rejects_bad_settings(kwargs, match):
     settings = {"hidden_size": HIDDEN, "intermediate_size": INTER, "num_experts": NUM_EXPERTS, "top_k": TOP_K, **kwargs}
     with pytest.raises(ValueError, match=match):
         EPMoE(**settings)
+
+
+@pytest.mark.parametrize("hidden,inter", [(HIDDEN, INTER), (10, 6)])  # 10/6: rows not 16-byte multiples
+def test_ep_moe_backward_matches_dense_autograd(hidden, inter):
+    """Outside no_grad the layer is differentiable: tokens, router, routed and shared experts all get the
+    gradients of the dense computation."""
+    torch.manual_seed(6)
+    layer = EPMoE(hidden, inter, NUM_EXPERTS, TOP_K, shared_intermediate_size=8, shared_expert_gate=True)
+    gen = torch.Generator().manual_seed(7)
+    layer.load_expert_weights(
+        w13=torch.randn(NUM_EXPERTS, 2 * inter, hidden, generator=gen) * 0.3,
+        w2=torch.randn(NUM_EXPERTS, hidden, inter, generator=gen) * 0.3,
+    )
+    x = torch.randn(9, hidden, requires_grad=True)
+    probe = torch.randn(9, hidden)
+    (layer(x) * probe).sum().backward()
+    grads = {name: p.grad.clone() for name, p in layer.named_parameters()}
+    x_grad = x.grad.clone()
+    layer.zero_grad()
+    x.grad = None
+    (dense_moe_reference(layer, layer.w13, layer.w2, x) * probe.double()).sum().backward()
+    torch.testing.assert_close(x_grad, x.grad, rtol=1e-4, atol=1e-5)
+    assert set(grads) == {name for name, _ in layer.named_parameters()}
+    for name, parameter in layer.named_parameters():
+        torch.testing.assert_close(grads[name], parameter.grad, rtol=1e-4, atol=1e-5, msg=name)
+        assert grads[name].abs().sum() > 0, name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -101,6 +102,11 @@ class DispatchHandle:
     tokens_per_local_expert: torch.Tensor
     received_from_rank: torch.Tensor
     stats: DropStats
+
+    def unit_weights(self) -> DispatchHandle:
+        """This handle with every kept pair's weight 1 (combine then sums the rows it is given, unweighted; the
+        differentiable step applies the weights on the expert side, see :mod:`moecomm.comm.autograd`)."""
+        return dataclasses.replace(self, topk_weights=self.is_kept.to(torch.float32))
 
     @property
     def num_received(self) -> int:

@@ -186,7 +186,14 @@ class EPMoE(nn.Module):
             raise TypeError(f"x: expected the layer's dtype {self.w13.dtype}, got {x.dtype}")
         tokens = check_tensor("x", x.reshape(-1, self.hidden_size), dim=2, dtypes=ACTIVATION_DTYPES, cpu_only=False)
         topk_ids, topk_weights = self.router(tokens)
-        out, handle = run_moe_step(self.dispatcher, tokens, topk_ids, topk_weights, self.local_experts_forward)
+        # With gradients the step is differentiable (tokens, router and experts get them; every rank runs the
+        # backward together); under torch.no_grad() / inference_mode it is the plain inference step.
+        differentiable = torch.is_grad_enabled() and (
+            tokens.requires_grad or any(p.requires_grad for p in self.parameters())
+        )
+        out, handle = run_moe_step(
+            self.dispatcher, tokens, topk_ids, topk_weights, self.local_experts_forward, differentiable=differentiable
+        )
         out = out.to(x.dtype)
         if self.shared_experts is not None:
             out = out + self.shared_experts(tokens)

@@ -56,11 +56,18 @@ def grouped_linear(
     Returns:
         ``[N, D_out]`` in rows' dtype.
     """
-    if use_native and can_use_grouped_mm(rows, weights):
+    differentiable = torch.is_grad_enabled() and (rows.requires_grad or weights.requires_grad)
+    if use_native and not differentiable and can_use_grouped_mm(rows, weights):
         offsets = torch.cumsum(tokens_per_expert, dim=0).to(torch.int32)
         return native_grouped_mm()(rows, weights.transpose(-2, -1), offs=offsets)
-    out = rows.new_empty(rows.shape[0], weights.shape[1])
     ends = torch.cumsum(tokens_per_expert, dim=0).tolist()
+    if differentiable:  # out= is not differentiable: one matmul per non-empty expert, concatenated
+        blocks = [
+            rows[ends[e] - int(tokens_per_expert[e]) : ends[e]] @ weights[e].t()
+            for e in torch.nonzero(tokens_per_expert).flatten().tolist()
+        ]
+        return torch.cat(blocks) if blocks else rows.new_zeros(0, weights.shape[1])
+    out = rows.new_empty(rows.shape[0], weights.shape[1])
     for expert in torch.nonzero(tokens_per_expert).flatten().tolist():
         start, end = ends[expert] - int(tokens_per_expert[expert]), ends[expert]
         torch.mm(rows[start:end], weights[expert].t(), out=out[start:end])

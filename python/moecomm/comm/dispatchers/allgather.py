@@ -31,6 +31,14 @@ class AllgatherHandle(DispatchHandle):
     gathered_layout: ops.RouteLayout
     gathered_weights: torch.Tensor
 
+    def unit_weights(self) -> AllgatherHandle:
+        """See :meth:`DispatchHandle.unit_weights` (the gathered pairs' weights too)."""
+        return dataclasses.replace(
+            self,
+            topk_weights=self.is_kept.to(torch.float32),
+            gathered_weights=(self.gathered_layout.row_of_pair >= 0).to(torch.float32),
+        )
+
 
 def _pad_rows(tensor: torch.Tensor, rows: int, value: float | int) -> torch.Tensor:
     """Pads ``tensor [T, *S]`` to ``[rows, *S]`` with ``value``."""

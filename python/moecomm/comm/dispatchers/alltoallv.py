@@ -53,6 +53,14 @@ class AlltoallvHandle(DispatchHandle):
     recv_layout: RouteLayout
     recv_weights: torch.Tensor
 
+    def unit_weights(self) -> AlltoallvHandle:
+        """See :meth:`DispatchHandle.unit_weights` (the expert side's pair weights too)."""
+        return dataclasses.replace(
+            self,
+            topk_weights=self.is_kept.to(torch.float32),
+            recv_weights=(self.recv_layout.row_of_pair >= 0).to(torch.float32),
+        )
+
 
 def token_destinations(ids: torch.Tensor, is_kept: torch.Tensor, experts_per_rank: int, num_ranks: int) -> torch.Tensor:
     """``[T, R]`` bool: token t has at least one kept pair among rank r's experts (``ids [T, K]``, ``is_kept [T, K]``)."""
