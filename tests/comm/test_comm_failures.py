@@ -36,3 +36,37 @@ def test_comm_rank_exit_mid_step_raises_naming_step(dispatcher: str) -> None:
     assert "rank 1 exited with code 0 without a result" in str(info.value)
     error = info.value.results[0]["error"]
     assert error.startswith("CommStepError") and f"rank 0: {dispatcher} dispatch step 'count exchange' failed" in error
+
+
+def test_process_exits_promptly_after_an_abandoned_gloo_step(tmp_path) -> None:
+    """A rank whose step timed out (its gloo collective left pending) still exits promptly when it returns."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = Path(__file__).with_name("abandoned_step_exit.py")
+    init_file = tmp_path / "init"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(rank), "2", str(init_file)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        line = procs[0].stdout.readline()  # blocks until rank 0 reports (bounded by the pytest timeout)
+        raised_at = time.monotonic()
+        assert line.startswith("RAISED "), line + procs[0].stdout.read()
+        assert float(line.split()[1]) < 2.0 + 3.0, line
+        assert "rank 0: alltoallv dispatch step 'count exchange' failed" in line, line
+        code = procs[0].wait(timeout=30)
+        exit_seconds = time.monotonic() - raised_at
+        assert code == 0, procs[0].stdout.read()  # a clean exit, not an abort on a still-running gloo thread
+        assert exit_seconds < 10.0, f"rank 0 took {exit_seconds:.1f} s to exit after its step failed"
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()

@@ -59,7 +59,7 @@ class Dispatcher:
         self.config = config
         # Agree on the config first (over the caller's group): choosing the transport is itself collective,
         # so ranks that disagree on it must be stopped before they take different paths.
-        bootstrap = TorchTransport(group, config.timeout_s, self.name)
+        bootstrap = TorchTransport(group, config.timeout_s, self.name, private_group=False)
         self.num_experts, _ = check_topology(num_experts, bootstrap.world_size)
         bootstrap.check_same_settings({**config.to_dict(), "num_experts": num_experts})
         self.transport = make_transport(config.transport, group, config.timeout_s, self.name)

@@ -105,7 +105,7 @@ class ShmTransport(Transport):
     name = "shm"
 
     def __init__(self, group: dist.ProcessGroup | None, timeout_s: float, owner: str) -> None:
-        bootstrap = TorchTransport(group, timeout_s, owner)
+        bootstrap = TorchTransport(group, timeout_s, owner, private_group=False)
         if bootstrap.device_type not in (None, "cpu"):
             raise ValueError(f"group: the shm transport bootstraps over a CPU (gloo) group, got {bootstrap.describe()}")
         super().__init__(bootstrap.rank, bootstrap.world_size, timeout_s, owner)
@@ -137,7 +137,7 @@ class ShmTransport(Transport):
         record = torch.zeros(33, dtype=torch.uint8)
         record[:32] = torch.frombuffer(bytearray(host_identity()), dtype=torch.uint8)
         record[32] = 0 if failure is None else 1
-        transport = TorchTransport(group, timeout_s, "shm availability")
+        transport = TorchTransport(group, timeout_s, "shm availability", private_group=False)
         table = transport.all_gather("setup", "host identity", record)
         other_hosts = [r for r in range(transport.world_size) if not torch.equal(table[r, :32], table[0, :32])]
         broken = [r for r in range(transport.world_size) if int(table[r, 32]) != 0]

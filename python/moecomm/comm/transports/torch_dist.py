@@ -19,6 +19,11 @@ from moecomm.comm.transports.base import Transport, differing_settings
 _ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 _REDUCE_SCATTER = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
+#: Private gloo groups by (ranks, timeout_s), see :meth:`TorchTransport._private_group`.
+_PRIVATE_GROUPS: dict[tuple[tuple[int, ...], float], dist.ProcessGroup] = {}
+#: How much longer than timeout_s a step waits on a private group's collective (gloo's own timeout fires first).
+_PRIVATE_GROUP_GRACE = timedelta(seconds=1)
+
 #: Device type a tensor must live on for each process-group backend.
 BACKEND_DEVICE = {"gloo": "cpu", "nccl": "cuda", "hccl": "npu"}
 
@@ -45,11 +50,17 @@ class TorchTransport(Transport):
         group: the ProcessGroup (its members build their transports together), or None.
         timeout_s: seconds to wait on one collective before raising.
         owner: the name used in error messages (the dispatcher's).
+        private_group: over gloo, run the collectives on a private copy of ``group`` whose timeout is
+            ``timeout_s`` (created collectively on first use, see :meth:`_private_group`), so that a collective
+            left pending by a failed step cannot hold the process past ``timeout_s``. False: use ``group``
+            itself (the setup-time agreements do, before any step).
     """
 
     name = "torch"
 
-    def __init__(self, group: dist.ProcessGroup | None, timeout_s: float, owner: str) -> None:
+    def __init__(
+        self, group: dist.ProcessGroup | None, timeout_s: float, owner: str, *, private_group: bool = True
+    ) -> None:
         if group is None:
             rank, world_size, self.backend = 0, 1, None
         else:
@@ -64,6 +75,9 @@ class TorchTransport(Transport):
         super().__init__(rank, world_size, timeout_s, owner)
         self.group = group
         self.timeout = timedelta(seconds=timeout_s)
+        self._private_key: tuple[tuple[int, ...], float] | None = None
+        if private_group and self.backend == "gloo" and world_size > 1:
+            self.group = self.step("setup", "private group", lambda: self._private_group(group, timeout_s))
 
     @property
     def device_type(self) -> str | None:
@@ -74,7 +88,10 @@ class TorchTransport(Transport):
 
     def _wait(self, work: Any) -> None:
         if work is not None:
-            work.wait(timeout=self.timeout)
+            # On a private group gloo's own timeout (timeout_s per transfer) ends an abandoned collective first,
+            # so its worker thread is free before the step raises (and the process can exit cleanly).
+            grace = _PRIVATE_GROUP_GRACE if self._private_key is not None else timedelta(0)
+            work.wait(timeout=self.timeout + grace)
 
     def all_gather(
         self, phase: str, step: str, tensor: torch.Tensor, *, out: torch.Tensor | None = None
@@ -165,3 +182,23 @@ class TorchTransport(Transport):
                 f"rank {self.rank}: {self.owner} setup: the configuration differs across the EP group: "
                 + "; ".join(differing)
             )
+
+    def _private_group(self, group: dist.ProcessGroup, timeout_s: float) -> dist.ProcessGroup:
+        """The private gloo group of ``group``'s ranks with timeout ``timeout_s``: a collective abandoned after a
+        failed step then ends inside gloo within timeout_s too, so the process can exit (the caller's group
+        keeps its own, usually 30-minute, timeout, and a pending op on it holds the exit until a peer leaves).
+        One per (ranks, timeout) per process, shared by the transports on it: gloo groups cannot be destroyed
+        and re-created on the same ranks, so they live until the process ends; a failed step retires its group
+        (the next transport on those ranks makes a new one)."""
+        key = (tuple(dist.get_process_group_ranks(group)), float(timeout_s))
+        if key not in _PRIVATE_GROUPS:
+            _PRIVATE_GROUPS[key] = dist.new_group(
+                list(key[0]), timeout=self.timeout, backend="gloo", use_local_synchronization=True
+            )
+        self._private_key = key
+        return _PRIVATE_GROUPS[key]
+
+    def on_broken(self) -> None:
+        """Retires the private group: its pending collective may never complete."""
+        if self._private_key is not None and _PRIVATE_GROUPS.get(self._private_key) is self.group:
+            del _PRIVATE_GROUPS[self._private_key]
