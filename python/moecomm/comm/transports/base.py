@@ -7,11 +7,13 @@ rank, the owner (e.g. the dispatcher), the phase and the step. After a failed st
 *broken*: every later call raises at once instead of touching a half-finished exchange.
 
 Members: ``torch`` (a caller-owned torch.distributed group: gloo, NCCL, HCCL; group None = one
-process) and ``shm`` (native shared memory between the processes of one host).
+process), ``shm`` (native shared memory between the processes of one host) and ``mindspore``
+(MindSpore's own collectives, all-gather based: ``moecomm.integrations.mindspore.transport``).
 """
 
 from __future__ import annotations
 
+import pickle
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
@@ -163,3 +165,23 @@ def differing_settings(gathered: list[dict[str, Any]]) -> list[str]:
             per_rank = ", ".join(f"rank {r}={v!r}" for r, v in enumerate(values))
             differing.append(f"{key} ({per_rank})")
     return differing
+
+
+def agree_on_settings(transport: Transport, settings: dict[str, Any]) -> None:
+    """Raises ``ValueError`` on every rank of ``transport`` unless all passed equal ``settings`` (names each
+    differing key and every rank's value). Two all-gathers (the pickled sizes, then the padded pickles) on the
+    transport's device, each bounded by its ``timeout_s``."""
+    payload = torch.frombuffer(bytearray(pickle.dumps(settings)), dtype=torch.uint8)
+    device = transport.device_type or "cpu"
+    length = torch.tensor([payload.numel()], dtype=torch.int64, device=device)
+    lengths = transport.all_gather("setup", "config agreement (sizes)", length).view(-1).cpu()
+    padded = torch.zeros(int(lengths.max()), dtype=torch.uint8, device=device)
+    padded[: payload.numel()] = payload.to(device)
+    table = transport.all_gather("setup", "config agreement", padded).cpu()
+    gathered = [pickle.loads(bytes(table[r, : int(lengths[r])].numpy())) for r in range(transport.world_size)]
+    differing = differing_settings(gathered)
+    if differing:
+        raise ValueError(
+            f"rank {transport.rank}: {transport.owner} setup: the configuration differs across the EP group: "
+            + "; ".join(differing)
+        )

@@ -1,7 +1,8 @@
 """The ``shm`` transport: native shared-memory collectives between the processes of one host.
 
-The caller's torch.distributed group (gloo) is used only to bootstrap: every rank draws a random segment
-name (``/moecomm-`` + 128 random bits) and rank 0 a 64-bit group nonce, and the group all-gathers them
+The caller's torch.distributed group (gloo), or any other bootstrap :class:`Transport` (MindSpore's
+collectives for MindSpore jobs), is used only to bootstrap: every rank draws a random segment name
+(``/moecomm-`` + 128 random bits) and rank 0 a 64-bit group nonce, and the group all-gathers them
 (bounded by ``timeout_s``). Every later collective runs in native code (``kernels/cpu/shm/``, C ABI in
 ``kernels/include/moecomm/shm.h``) over POSIX shared memory:
 
@@ -92,20 +93,43 @@ def _probe_posix_shm(timeout_s: float) -> str | None:
     return None
 
 
+def _bootstrap_transport(
+    group: dist.ProcessGroup | None, timeout_s: float, owner: str, bootstrap: Transport | None
+) -> Transport:
+    """``bootstrap`` when given (then ``group`` must be None), else the torch transport over ``group``."""
+    if bootstrap is None:
+        return TorchTransport(group, timeout_s, owner)
+    if group is not None:
+        raise ValueError("group: give a torch.distributed group or a bootstrap transport, not both")
+    if not isinstance(bootstrap, Transport):
+        raise TypeError(f"bootstrap: expected a moecomm Transport, got {type(bootstrap).__name__}")
+    return bootstrap
+
+
 class ShmTransport(Transport):
     """Collectives through native shared memory between the ranks of ``group``, all on this host.
 
     Args:
         group: the caller's torch.distributed ProcessGroup (gloo; used only for the bounded setup
-            exchange and :meth:`check_same_settings`), or None for one process.
+            exchange and :meth:`check_same_settings`), or None for one process (or when ``bootstrap`` is given).
         timeout_s: the longest any one step (setup included) waits.
         owner: the name used in error messages (the dispatcher's).
+        bootstrap: another CPU transport over the same ranks to bootstrap over instead of ``group`` (e.g. a
+            :class:`moecomm.integrations.mindspore.transport.MindSporeTransport`); it then serves
+            :meth:`check_same_settings` too.
     """
 
     name = "shm"
 
-    def __init__(self, group: dist.ProcessGroup | None, timeout_s: float, owner: str) -> None:
-        bootstrap = TorchTransport(group, timeout_s, owner)
+    def __init__(
+        self,
+        group: dist.ProcessGroup | None,
+        timeout_s: float,
+        owner: str,
+        *,
+        bootstrap: Transport | None = None,
+    ) -> None:
+        bootstrap = _bootstrap_transport(group, timeout_s, owner, bootstrap)
         if bootstrap.device_type not in (None, "cpu"):
             raise ValueError(f"group: the shm transport bootstraps over a CPU (gloo) group, got {bootstrap.describe()}")
         super().__init__(bootstrap.rank, bootstrap.world_size, timeout_s, owner)
@@ -127,17 +151,20 @@ class ShmTransport(Transport):
         )
 
     @staticmethod
-    def is_available(group: dist.ProcessGroup | None, timeout_s: float = 60.0) -> tuple[bool, str]:
-        """``(True, reason)`` when every rank of ``group`` runs on this host (same kernel boot, host name,
-        PID namespace and /dev/shm) and POSIX shared memory works on every rank; else ``(False, reason)``.
-        Collective: every rank of ``group`` must call it; bounded by ``timeout_s``."""
+    def is_available(
+        group: dist.ProcessGroup | None, timeout_s: float = 60.0, *, bootstrap: Transport | None = None
+    ) -> tuple[bool, str]:
+        """``(True, reason)`` when every rank of ``group`` (or of ``bootstrap``, a transport over the ranks)
+        runs on this host (same kernel boot, host name, PID namespace and /dev/shm) and POSIX shared memory
+        works on every rank; else ``(False, reason)``. Collective: every rank must call it; bounded by
+        ``timeout_s``."""
         failure = _probe_posix_shm(timeout_s)
-        if group is None:
+        if group is None and bootstrap is None:
             return (failure is None, failure or "one process; POSIX shared memory works")
         record = torch.zeros(33, dtype=torch.uint8)
         record[:32] = torch.frombuffer(bytearray(host_identity()), dtype=torch.uint8)
         record[32] = 0 if failure is None else 1
-        transport = TorchTransport(group, timeout_s, "shm availability")
+        transport = _bootstrap_transport(group, timeout_s, "shm availability", bootstrap)
         table = transport.all_gather("setup", "host identity", record)
         other_hosts = [r for r in range(transport.world_size) if not torch.equal(table[r, :32], table[0, :32])]
         broken = [r for r in range(transport.world_size) if int(table[r, 32]) != 0]
