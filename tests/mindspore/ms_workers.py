@@ -39,6 +39,11 @@ def roundtrip(rank: int, world_size: int, case: dict[str, Any]) -> dict[str, Any
     return result
 
 
+def roundtrips(rank: int, world_size: int, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`roundtrip` of every case, in one cluster (starting one costs seconds)."""
+    return [roundtrip(rank, world_size, case) for case in cases]
+
+
 def killed_mid_step(rank: int, world_size: int, transport: str, victim: int, timeout_s: float) -> dict[str, Any]:
     """The victim joins one all-gather, then SIGKILLs itself while the others wait in the next one."""
     chosen = make_mindspore_transport(transport, timeout_s, "kill-test")
@@ -86,3 +91,26 @@ def ms_ep_moe(rank: int, world_size: int, case: dict[str, Any], configs: list[di
         })
         layer.close()
     return outcomes
+
+
+def refused_configs(rank: int, world_size: int) -> dict[str, str]:
+    """The errors of a config that differs across ranks and of the torch transport (no torch group here)."""
+    errors = {}
+    try:
+        make_mindspore_dispatcher({"token_drop_ratio": 0.1 * rank, "timeout_s": 20}, 4)
+        errors["disagree"] = "no error"
+    except ValueError as error:
+        errors["disagree"] = str(error)
+    try:
+        make_mindspore_dispatcher({"transport": "torch"}, 4)
+        errors["torch"] = "no error"
+    except ValueError as error:
+        errors["torch"] = str(error)
+    return errors
+
+
+def sleep_on_rank(rank: int, world_size: int, slow_rank: int, seconds: float) -> list[int]:
+    """``slow_rank`` sleeps ``seconds``; the others return the pids of this process and its parent's children."""
+    if rank == slow_rank:
+        time.sleep(seconds)
+    return [os.getpid()]

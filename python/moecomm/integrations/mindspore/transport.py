@@ -20,6 +20,7 @@ HCCL; the bridge then needs device tensors on both sides (not available on this 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -34,9 +35,13 @@ from moecomm.integrations.mindspore.collective_thread import run_bounded
 _WORD = 4  # bytes of the int32 words the rows travel as
 
 
-def _row_bytes(tensor: torch.Tensor, rows: int) -> torch.Tensor:
-    """A contiguous ``tensor [rows, ...]`` (any dtype) as ``[rows, row_bytes]`` uint8 (a view)."""
-    return tensor.reshape(rows, -1).view(torch.uint8) if tensor.numel() else torch.empty(rows, 0, dtype=torch.uint8)
+def _row_bytes(tensor: torch.Tensor, rows: int, row_shape: tuple[int, ...]) -> torch.Tensor:
+    """A contiguous ``tensor`` (any dtype) holding ``rows`` rows of ``row_shape`` as ``[rows, row_bytes]``
+    uint8: a view (with no elements, an empty tensor of that shape: nothing to read or write)."""
+    width = math.prod(row_shape) * tensor.element_size()
+    if tensor.numel():
+        return tensor.reshape(-1).view(torch.uint8).view(rows, width)
+    return torch.empty(rows, width, dtype=torch.uint8)
 
 
 def _splits(name: str, splits: list[int] | None, rows: int, world_size: int) -> list[int]:
@@ -116,8 +121,9 @@ class MindSporeTransport(Transport):
         rows = tensor.shape[0] if tensor.dim() else 1
         shape = (self.world_size, *tensor.shape)
         out = tensor.new_empty(shape) if out is None else check_out(out, shape, tensor)
-        gathered = self._gather_bytes(phase, step, _row_bytes(tensor, rows))
-        _row_bytes(out, self.world_size * rows).view(self.world_size, rows, -1).copy_(gathered)
+        row_shape = tuple(tensor.shape[1:]) if tensor.dim() else ()
+        gathered = self._gather_bytes(phase, step, _row_bytes(tensor, rows, row_shape))
+        _row_bytes(out, self.world_size * rows, row_shape).view(gathered.shape).copy_(gathered)
         return out
 
     def all_to_all(
@@ -148,11 +154,11 @@ class MindSporeTransport(Transport):
                 f"the ranks send {table[:, self.rank].tolist()} rows here, output_splits expects {received}",
             )
         longest = int(table.sum(dim=1).max())
-        mine = _row_bytes(tensor, rows)
+        mine = _row_bytes(tensor, rows, tuple(tensor.shape[1:]))
         padded = torch.zeros(longest, mine.shape[1], dtype=torch.uint8)
         padded[:rows] = mine
         gathered = self._gather_bytes(phase, step, padded)
-        target = _row_bytes(result, output_rows)
+        target = _row_bytes(result, output_rows, tuple(tensor.shape[1:]))
         start_of = torch.cumsum(table, dim=1) - table  # [R, R]: first row each source sends each destination
         row = 0
         for source in range(self.world_size):

@@ -1,0 +1,71 @@
+"""Failures of a MindSpore job: a killed worker makes the other raise within the timeout over both
+transports; a config that disagrees or names a transport MindSpore jobs lack is refused; the launcher's own
+limits hold and it leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from ms_env import needs_mindspore, worker_env
+
+from moecomm.integrations.mindspore import run_mindspore_local
+from moecomm.testing import LocalRunError
+
+TIMEOUT_S = 5.0
+
+
+def _segments() -> set[str]:
+    return {name for name in os.listdir("/dev/shm") if name.startswith("moecomm-")}
+
+
+@pytest.mark.parametrize("transport", ["shm", "mindspore"])
+def test_killed_worker_makes_the_survivor_raise_within_the_timeout(transport):
+    python = needs_mindspore()
+    before = _segments()
+    with pytest.raises(LocalRunError) as raised:
+        run_mindspore_local(
+            "ms_workers:killed_mid_step", 2, transport, 1, TIMEOUT_S,
+            python=python, env=worker_env(), timeout_s=120, failure_grace_s=3 * TIMEOUT_S,
+        )
+    error = raised.value
+    assert error.failed_ranks == [1], str(error)
+    assert "rank 1 exited with code -9 without a result" in str(error)
+    survivor = error.results[0]
+    assert survivor["name"] == transport
+    assert survivor["error"] is not None and survivor["error"].startswith("rank 0: kill-test dispatch step"), survivor
+    assert survivor["broken"]
+    assert survivor["elapsed"] < TIMEOUT_S + 3.0, survivor
+    assert not _segments() - before
+
+
+def test_config_disagreement_and_torch_transport_are_refused():
+    python = needs_mindspore()
+    outcome = run_mindspore_local("ms_workers:refused_configs", 2, python=python, env=worker_env(), timeout_s=120)
+    for rank, errors in enumerate(outcome):
+        assert errors["disagree"].startswith(f"rank {rank}: alltoallv setup: the configuration differs"), errors
+        assert "token_drop_ratio (rank 0=0.0, rank 1=0.1)" in errors["disagree"]
+        assert errors["torch"].startswith("transport: a MindSpore job uses one of 'auto', 'shm', 'mindspore'")
+
+
+def test_launcher_times_out_kills_every_process_and_names_the_ranks():
+    python = needs_mindspore()
+    start = time.monotonic()
+    with pytest.raises(LocalRunError) as raised:
+        run_mindspore_local("ms_workers:sleep_on_rank", 2, 0, 600.0, python=python, env=worker_env(), timeout_s=25)
+    elapsed = time.monotonic() - start
+    assert raised.value.failed_ranks == [0]
+    assert "ranks [0] did not finish (timed out; limit 25 s)" in str(raised.value)
+    assert elapsed < 25 + 30, elapsed  # the kill may wait on SIGTERM before SIGKILL
+    pids = raised.value.results[1]
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or _is_zombie(pid), f"process {pid} outlived the run"
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
