@@ -14,6 +14,8 @@ from ms_env import needs_mindspore, worker_env
 
 from moecomm.integrations.mindspore import run_mindspore_local
 
+pytestmark = pytest.mark.mindspore
+
 WORLD = 2
 BASE = {"seed": 3, "experts": 8, "top_k": 2, "hidden": 24, "tokens": [13, 6], "routing": "skew"}
 DISPATCHERS = ("alltoallv", "allgather", "alltoall")

@@ -12,6 +12,8 @@ from ms_env import needs_mindspore, worker_env
 from moecomm.integrations.mindspore import run_mindspore_local
 from moecomm.testing import run_local
 
+pytestmark = pytest.mark.mindspore
+
 CONFIGS = [
     {"dispatcher": "alltoallv", "transport": "shm"},
     {"dispatcher": "alltoallv", "transport": "mindspore", "token_drop_ratio": 0.25},

@@ -13,6 +13,8 @@ from ms_env import needs_mindspore, worker_env
 from moecomm.integrations.mindspore import run_mindspore_local
 from moecomm.testing import LocalRunError
 
+pytestmark = pytest.mark.mindspore
+
 TIMEOUT_S = 5.0
 
 

@@ -8,6 +8,8 @@ import subprocess
 import pytest
 from ms_env import REPO, needs_mindspore
 
+pytestmark = pytest.mark.mindspore
+
 
 def test_mindspore_ops_match_torch_ops_in_the_mindspore_environment():
     if importlib.util.find_spec("mindspore"):

@@ -20,6 +20,7 @@ SUBCOMMANDS = ("kernels", "dispatch", "drop", "simulate", "all")
 STANDALONE = {
     "layer": "moecomm.bench.layer_cli",  # EPMoE at EP=2 vs the transformers block (issue 4)
     "vllm": "moecomm.bench.vllm_cli",  # vLLM TP=2 in-tree vs EP through moecomm, tokens/s (issue 5)
+    "mindspore": "moecomm.bench.mindspore_cli",  # MindSpore EP2 dispatch+combine, shm vs MindSpore (issue 11)
 }
 
 
