@@ -156,6 +156,31 @@ class Transport(ABC):
         """Releases what the transport owns (default: nothing; the caller owns any process group)."""
 
 
+def checked_splits(name: str, splits: list[int] | None, rows: int, world_size: int) -> list[int]:
+    """``splits`` checked (``world_size`` ints >= 0 summing to ``rows``), or equal parts of ``rows`` when None."""
+    if splits is None:
+        if rows % world_size:
+            raise ValueError(f"{name}: {rows} rows do not split into {world_size} equal parts; pass the splits")
+        return [rows // world_size] * world_size
+    splits = [int(s) for s in splits]
+    if len(splits) != world_size or any(s < 0 for s in splits) or sum(splits) != rows:
+        raise ValueError(f"{name}: expected {world_size} sizes >= 0 summing to {rows}, got {splits}")
+    return splits
+
+
+def check_all_to_all_input(tensor: torch.Tensor) -> None:
+    """An all-to-all's ``tensor`` needs a row dimension."""
+    if tensor.dim() < 1:
+        raise ValueError(f"tensor: expected at least one dimension (rows), got shape {list(tensor.shape)}")
+
+
+def scatter_block_rows(tensor: torch.Tensor, world_size: int) -> int:
+    """M for a reduce-scatter's ``tensor [R * M, ...]``; raises naming ``tensor`` otherwise."""
+    if tensor.dim() < 1 or tensor.shape[0] % world_size:
+        raise ValueError(f"tensor: expected [R * M, ...] rows with R={world_size}, got shape {list(tensor.shape)}")
+    return int(tensor.shape[0]) // world_size
+
+
 def differing_settings(gathered: list[dict[str, Any]]) -> list[str]:
     """``"key (rank 0=a, rank 1=b)"`` for every key whose value differs across the ranks' ``gathered`` dicts."""
     differing = []

@@ -31,7 +31,13 @@ import torch
 import torch.distributed as dist
 
 from moecomm import _C
-from moecomm.comm.transports.base import CommStepError, Transport
+from moecomm.comm.transports.base import (
+    CommStepError,
+    Transport,
+    check_all_to_all_input,
+    checked_splits,
+    scatter_block_rows,
+)
 from moecomm.comm.transports.torch_dist import TorchTransport, check_out
 from moecomm.ops._native import num_threads, storage_bytes, tensor_arg
 
@@ -51,19 +57,6 @@ def _row_elements(tensor: torch.Tensor) -> int:
     for size in tensor.shape[1:]:
         count *= int(size)
     return count
-
-
-def _equal_splits(name: str, rows: int, world_size: int) -> list[int]:
-    if rows % world_size:
-        raise ValueError(f"{name}: {rows} rows do not split into {world_size} equal parts; pass the splits")
-    return [rows // world_size] * world_size
-
-
-def _check_splits(name: str, splits: list[int], world_size: int, rows: int) -> list[int]:
-    splits = [int(s) for s in splits]
-    if len(splits) != world_size or any(s < 0 for s in splits) or sum(splits) != rows:
-        raise ValueError(f"{name}: expected {world_size} sizes >= 0 summing to {rows}, got {splits}")
-    return splits
 
 
 def host_identity() -> bytes:
@@ -224,16 +217,11 @@ class ShmTransport(Transport):
         out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         self.check_device("tensor", tensor)
-        if tensor.dim() < 1:
-            raise ValueError(f"tensor: expected at least one dimension (rows), got shape {list(tensor.shape)}")
+        check_all_to_all_input(tensor)
         tensor = tensor.contiguous()
         rows = int(tensor.shape[0])
-        sent = _equal_splits("input_splits", rows, self.world_size) if input_splits is None else input_splits
-        received = (
-            _equal_splits("output_splits", output_rows, self.world_size) if output_splits is None else output_splits
-        )
-        sent = _check_splits("input_splits", sent, self.world_size, rows)
-        received = _check_splits("output_splits", received, self.world_size, output_rows)
+        sent = checked_splits("input_splits", input_splits, rows, self.world_size)
+        received = checked_splits("output_splits", output_splits, output_rows, self.world_size)
         shape = (output_rows, *tensor.shape[1:])
         result = tensor.new_empty(shape) if out is None else check_out(out, shape, tensor)
         native = self._native()
@@ -255,12 +243,9 @@ class ShmTransport(Transport):
         self, phase: str, step: str, tensor: torch.Tensor, *, out: torch.Tensor | None = None
     ) -> torch.Tensor:
         self.check_device("tensor", tensor)
-        if tensor.dim() < 1 or tensor.shape[0] % self.world_size:
-            raise ValueError(
-                f"tensor: expected [R * M, ...] rows with R={self.world_size}, got shape {list(tensor.shape)}"
-            )
+        block = scatter_block_rows(tensor, self.world_size)
         tensor = tensor.contiguous()
-        shape = (tensor.shape[0] // self.world_size, *tensor.shape[1:])
+        shape = (block, *tensor.shape[1:])
         result = tensor.new_empty(shape) if out is None else check_out(out, shape, tensor)
         arg_in, arg_out = tensor_arg("tensor", tensor), tensor_arg("out", result)
         native = self._native()

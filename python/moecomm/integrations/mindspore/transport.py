@@ -27,7 +27,13 @@ import torch
 from mindspore import ops as ms_ops
 from mindspore.communication import GlobalComm, get_group_size, get_rank
 
-from moecomm.comm.transports.base import Transport, agree_on_settings
+from moecomm.comm.transports.base import (
+    Transport,
+    agree_on_settings,
+    check_all_to_all_input,
+    checked_splits,
+    scatter_block_rows,
+)
 from moecomm.comm.transports.torch_dist import check_out
 from moecomm.integrations.mindspore.bridge import to_mindspore, to_torch
 from moecomm.integrations.mindspore.collective_thread import run_bounded
@@ -42,17 +48,6 @@ def _row_bytes(tensor: torch.Tensor, rows: int, row_shape: tuple[int, ...]) -> t
     if tensor.numel():
         return tensor.reshape(-1).view(torch.uint8).view(rows, width)
     return torch.empty(rows, width, dtype=torch.uint8)
-
-
-def _splits(name: str, splits: list[int] | None, rows: int, world_size: int) -> list[int]:
-    if splits is None:
-        if rows % world_size:
-            raise ValueError(f"{name}: {rows} rows do not split into {world_size} equal parts; pass the splits")
-        return [rows // world_size] * world_size
-    splits = [int(s) for s in splits]
-    if len(splits) != world_size or any(s < 0 for s in splits) or sum(splits) != rows:
-        raise ValueError(f"{name}: expected {world_size} sizes >= 0 summing to {rows}, got {splits}")
-    return splits
 
 
 class MindSporeTransport(Transport):
@@ -138,12 +133,11 @@ class MindSporeTransport(Transport):
         out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         self.check_device("tensor", tensor)
-        if tensor.dim() < 1:
-            raise ValueError(f"tensor: expected at least one dimension (rows), got shape {list(tensor.shape)}")
+        check_all_to_all_input(tensor)
         tensor = tensor.contiguous()
         rows = int(tensor.shape[0])
-        sent = _splits("input_splits", input_splits, rows, self.world_size)
-        received = _splits("output_splits", output_splits, output_rows, self.world_size)
+        sent = checked_splits("input_splits", input_splits, rows, self.world_size)
+        received = checked_splits("output_splits", output_splits, output_rows, self.world_size)
         shape = (output_rows, *tensor.shape[1:])
         result = tensor.new_empty(shape) if out is None else check_out(out, shape, tensor)
         table = self.all_gather(phase, f"{step} (sizes)", torch.tensor(sent, dtype=torch.int64))
@@ -171,11 +165,7 @@ class MindSporeTransport(Transport):
         self, phase: str, step: str, tensor: torch.Tensor, *, out: torch.Tensor | None = None
     ) -> torch.Tensor:
         self.check_device("tensor", tensor)
-        if tensor.dim() < 1 or tensor.shape[0] % self.world_size:
-            raise ValueError(
-                f"tensor: expected [R * M, ...] rows with R={self.world_size}, got shape {list(tensor.shape)}"
-            )
-        block = tensor.shape[0] // self.world_size
+        block = scatter_block_rows(tensor, self.world_size)
         shape = (block, *tensor.shape[1:])
         result = tensor.new_empty(shape) if out is None else check_out(out, shape, tensor)
         gathered = self.all_gather(phase, step, tensor.contiguous())
