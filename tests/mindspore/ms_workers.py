@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import torch
+from byte_cases import byte_cases
 from comm_workers import make_batch, run_expert
 
 from moecomm.comm.transports.base import CommStepError
@@ -42,6 +43,26 @@ def roundtrip(rank: int, world_size: int, case: dict[str, Any]) -> dict[str, Any
 def roundtrips(rank: int, world_size: int, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """:func:`roundtrip` of every case, in one cluster (starting one costs seconds)."""
     return [roundtrip(rank, world_size, case) for case in cases]
+
+
+def collectives(rank: int, world_size: int, seed: int) -> dict[str, list[torch.Tensor | None]]:
+    """tests/comm's collective cases (every dtype, empty and uneven splits, out=, large messages) and
+    :func:`byte_cases` through the MindSpore transport."""
+    from shm_workers import _run_case, collective_inputs
+
+    from moecomm.integrations.mindspore import MindSporeTransport
+
+    transport = MindSporeTransport(None, 30.0, "mindspore-test")
+    transport.check_same_settings({"ranks": world_size})
+    return {
+        "standard": [_run_case(transport, case, rank, world_size) for case in collective_inputs(world_size, seed)],
+        "bytes": [_run_case(transport, case, rank, world_size) for case in byte_cases(world_size, seed)],
+    }
+
+
+def dispatch_and_collectives(rank: int, world_size: int, cases: list[dict[str, Any]], seed: int) -> dict[str, Any]:
+    """:func:`roundtrips` and :func:`collectives` in one cluster (starting one costs seconds)."""
+    return {"roundtrips": roundtrips(rank, world_size, cases), "collectives": collectives(rank, world_size, seed)}
 
 
 def killed_mid_step(rank: int, world_size: int, transport: str, victim: int, timeout_s: float) -> dict[str, Any]:

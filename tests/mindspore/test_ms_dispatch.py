@@ -1,6 +1,7 @@
 """2 MindSpore CPU workers: moecomm's dispatchers over the shm transport (bootstrapped over MindSpore's
 AllGather) and over MindSpore's all-gather collectives equal a dense single-process reference, with and
-without a drop ratio; nothing of moecomm is left in /dev/shm."""
+without a drop ratio; the MindSpore transport's collectives equal their dense results (every dtype, empty and
+uneven splits); nothing of moecomm is left in /dev/shm."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import os
 
 import pytest
 import torch
+from byte_cases import byte_cases
 from comm_reference import dense_output
 from comm_workers import make_batch
 from ms_env import needs_mindspore, worker_env
+from shm_workers import expected_result
+from test_shm_semantics import _check
 
 from moecomm.integrations.mindspore import run_mindspore_local
 
@@ -19,6 +23,7 @@ pytestmark = pytest.mark.mindspore
 WORLD = 2
 BASE = {"seed": 3, "experts": 8, "top_k": 2, "hidden": 24, "tokens": [13, 6], "routing": "skew"}
 DISPATCHERS = ("alltoallv", "allgather", "alltoall")
+SEED = 17
 
 
 def _cases() -> list[dict]:
@@ -44,13 +49,14 @@ def outcomes() -> tuple[list[dict], list[list[dict]], set[str]]:
     cases = _cases()
     before = _segments()
     results = run_mindspore_local(
-        "ms_workers:roundtrips", WORLD, cases, python=python, env=worker_env(), timeout_s=240
+        "ms_workers:dispatch_and_collectives", WORLD, cases, SEED, python=python, env=worker_env(), timeout_s=240
     )
     return cases, results, _segments() - before
 
 
 def test_dispatch_combine_equal_the_dense_reference(outcomes):
-    cases, results, _ = outcomes
+    cases, everything, _ = outcomes
+    results = [rank["roundtrips"] for rank in everything]
     for index, case in enumerate(cases):
         batch = make_batch(case, WORLD)
         config = case["config"]
@@ -71,6 +77,14 @@ def test_dispatch_combine_equal_the_dense_reference(outcomes):
         # at most floor(r x routed pairs) dropped, and the skewed routing makes the ratio bite
         assert dropped <= int(ratio * total_pairs), case["config"]
         assert (dropped > 0) == (ratio > 0), case["config"]
+
+
+def test_mindspore_transport_collectives_equal_their_dense_results(outcomes):
+    _, everything, _ = outcomes
+    _check([rank["collectives"]["standard"] for rank in everything], WORLD, SEED, "mindspore")
+    for rank in range(WORLD):
+        for case, got in zip(byte_cases(WORLD, SEED), everything[rank]["collectives"]["bytes"], strict=True):
+            assert torch.equal(got, expected_result(case, rank, WORLD)), (rank, case["op"], case["dtype"])
 
 
 def test_no_segments_left_in_dev_shm(outcomes):
