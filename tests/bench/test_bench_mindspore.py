@@ -37,8 +37,27 @@ def test_missing_mindspore_python_is_a_flag_error(capsys):
 def test_tiny_run_prints_both_transports(capsys):
     if not MS_PYTHON.exists():
         pytest.skip("no MindSpore environment (.venv-mindspore, made by scripts/setup.sh)")
-    assert main(["--python", str(MS_PYTHON), "--tokens", "32", "--hidden", "16", "--repeats", "2", "--warmup", "0",
-                 "--drop-ratio", "0.1", "--timeout", "240"]) == 0
+    assert (
+        main(
+            [
+                "--python",
+                str(MS_PYTHON),
+                "--tokens",
+                "32",
+                "--hidden",
+                "16",
+                "--repeats",
+                "2",
+                "--warmup",
+                "0",
+                "--drop-ratio",
+                "0.1",
+                "--timeout",
+                "240",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "| shm |" in printed and "| mindspore |" in printed
     assert "max abs diff between the transports' outputs: 0." in printed

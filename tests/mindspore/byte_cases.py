@@ -13,6 +13,7 @@ def byte_cases(world_size: int, seed: int) -> list[dict[str, Any]]:
     gen = torch.Generator().manual_seed(seed)
     cases: list[dict[str, Any]] = []
     for dtype in (torch.bool, torch.int8, torch.uint8):
+
         def values(shape: tuple[int, ...], dtype: torch.dtype = dtype) -> torch.Tensor:
             return torch.randint(0, 2 if dtype == torch.bool else 100, shape, generator=gen).to(dtype)
 

@@ -96,20 +96,26 @@ def ms_ep_moe(rank: int, world_size: int, case: dict[str, Any], configs: list[di
     outcomes = []
     for config in configs:
         layer = EPMoE(
-            case["hidden"], case["inter"], case["experts"], case["top_k"],
-            config=config, shared_intermediate_size=case["shared_inter"],
+            case["hidden"],
+            case["inter"],
+            case["experts"],
+            case["top_k"],
+            config=config,
+            shared_intermediate_size=case["shared_inter"],
         )
         layer.load_expert_weights(w13=to_mindspore(w13), w2=to_mindspore(w2))
         parameters = layer.parameters_dict()
         for name, value in replicated.items():
             parameters[name].set_data(to_mindspore(value.clone()))
         y = layer(to_mindspore(case_tokens(case, rank)))
-        outcomes.append({
-            "y": to_torch("y", y).clone(),
-            "stats": layer.last_stats.as_dict(),
-            "transport": layer.torch_layer.dispatcher.transport.name,
-            "parameters": sorted(parameters),
-        })
+        outcomes.append(
+            {
+                "y": to_torch("y", y).clone(),
+                "stats": layer.last_stats.as_dict(),
+                "transport": layer.torch_layer.dispatcher.transport.name,
+                "parameters": sorted(parameters),
+            }
+        )
         layer.close()
     return outcomes
 

@@ -28,8 +28,15 @@ def test_killed_worker_makes_the_survivor_raise_within_the_timeout(transport):
     before = _segments()
     with pytest.raises(LocalRunError) as raised:
         run_mindspore_local(
-            "ms_workers:killed_mid_step", 2, transport, 1, TIMEOUT_S,
-            python=python, env=worker_env(), timeout_s=120, failure_grace_s=3 * TIMEOUT_S,
+            "ms_workers:killed_mid_step",
+            2,
+            transport,
+            1,
+            TIMEOUT_S,
+            python=python,
+            env=worker_env(),
+            timeout_s=120,
+            failure_grace_s=3 * TIMEOUT_S,
         )
     error = raised.value
     assert error.failed_ranks == [1], str(error)

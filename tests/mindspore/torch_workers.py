@@ -11,14 +11,21 @@ from moe_case import case_tokens, case_weights
 from moecomm import EPMoE
 
 
-def torch_ep_moe(rank: int, world_size: int, case: dict[str, Any], configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def torch_ep_moe(
+    rank: int, world_size: int, case: dict[str, Any], configs: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """torch EPMoE forwards of the seeded case, one layer per config."""
     w13, w2, replicated = case_weights(case)
     outcomes = []
     for config in configs:
         layer = EPMoE(
-            case["hidden"], case["inter"], case["experts"], case["top_k"],
-            group=dist.group.WORLD, config=config, shared_intermediate_size=case["shared_inter"],
+            case["hidden"],
+            case["inter"],
+            case["experts"],
+            case["top_k"],
+            group=dist.group.WORLD,
+            config=config,
+            shared_intermediate_size=case["shared_inter"],
         )
         layer.load_expert_weights(w13=w13, w2=w2)
         with torch.no_grad():

@@ -32,7 +32,9 @@ def bench_rank(rank: int, world_size: int, shape: dict[str, Any], transports: li
 
     outputs = {name: step(name) for name in transports}
     first = outputs[transports[0]]
-    difference = max(float((out.float() - first.float()).abs().max()) if out.numel() else 0.0 for out in outputs.values())
+    difference = max(
+        float((out.float() - first.float()).abs().max()) if out.numel() else 0.0 for out in outputs.values()
+    )
     for _ in range(shape["warmup"]):
         for name in transports:
             step(name)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import mindspore as ms
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import mindspore as ms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "ops"))
 from ops_strategies import ACTIVATION_DTYPES, activations, routings  # noqa: E402
@@ -166,9 +167,18 @@ def test_bad_inputs_raise_the_torch_ops_errors(case):
     [
         (lambda: ms_ops.route_layout(IDS, 2), r"^topk_ids: expected a mindspore\.Tensor, got torch\.Tensor$"),
         (lambda: ms_ops.route_layout([[0]], 2), r"^topk_ids: expected a mindspore\.Tensor, got builtins\.list$"),
-        (lambda: ms_ops.permute(to_ms(X), ms_ops.route_layout(to_ms(IDS), 2), out=X.clone()), r"^out: expected a mindspore"),
-        (lambda: ms_ops.unpermute(to_ms(X), ops.route_layout(IDS, 2), to_ms(X[:, :1])), r"^layout\.topk_ids: expected a mindspore"),
-        (lambda: ms_ops.unpermute(to_ms(X), ms_ops.route_layout(to_ms(IDS), 2), X[:, :1]), r"^topk_weights: expected a mindspore"),
+        (
+            lambda: ms_ops.permute(to_ms(X), ms_ops.route_layout(to_ms(IDS), 2), out=X.clone()),
+            r"^out: expected a mindspore",
+        ),
+        (
+            lambda: ms_ops.unpermute(to_ms(X), ops.route_layout(IDS, 2), to_ms(X[:, :1])),
+            r"^layout\.topk_ids: expected a mindspore",
+        ),
+        (
+            lambda: ms_ops.unpermute(to_ms(X), ms_ops.route_layout(to_ms(IDS), 2), X[:, :1]),
+            r"^topk_weights: expected a mindspore",
+        ),
     ],
 )
 def test_torch_tensors_where_mindspore_ones_belong_are_refused_by_name(call, match):

@@ -11,10 +11,11 @@ Only CPU tensors are bridged: a MindSpore tensor on another device (Ascend) is r
 
 from __future__ import annotations
 
-import mindspore as ms
 import numpy as np
 import torch
 from mindspore.utils import dlpack as ms_dlpack
+
+import mindspore as ms
 
 #: torch dtypes that cross as their bytes (MindSpore's DLPack does not know them), with MindSpore's name.
 _BYTE_DTYPES = {torch.float8_e4m3fn: ms.float8_e4m3fn}

@@ -34,8 +34,9 @@ def _write_result(run_dir: Path, node: str, message: tuple[bool, object]) -> Non
 
 
 def main(run_dir: Path) -> None:
-    import mindspore as ms
     from mindspore.communication import get_group_size, get_rank, init
+
+    import mindspore as ms
 
     ms.set_context(mode=ms.PYNATIVE_MODE)
     ms.set_device("CPU")

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import mindspore as ms
 import torch
 
+import mindspore as ms
 from moecomm.config import MoECommConfig
 from moecomm.integrations.mindspore.bridge import check_ms_tensor, to_mindspore, to_torch, torch_dtype_of
 from moecomm.integrations.mindspore.comm import agreed_mindspore_transport

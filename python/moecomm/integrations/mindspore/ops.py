@@ -30,9 +30,9 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-import mindspore as ms
 import torch
 
+import mindspore as ms
 from moecomm import ops as torch_ops
 from moecomm.integrations.mindspore.bridge import check_ms_tensor, to_mindspore, to_torch, torch_dtype_of
 from moecomm.ops import QUANT_KINDS, RouteLayout, capacity_from_factor, drop_budget, quantized_row_bytes
@@ -90,8 +90,10 @@ def _bridged(
         bound = signature.bind(*args, **kwargs)
         outputs = _Outputs()
         for name, value in bound.arguments.items():
-            if name in tensors or (name in optional and value is not None) or (
-                name in either and isinstance(value, ms.Tensor)
+            if (
+                name in tensors
+                or (name in optional and value is not None)
+                or (name in either and isinstance(value, ms.Tensor))
             ):
                 check_ms_tensor(name, value)
                 view = to_torch(name, value)
@@ -111,9 +113,7 @@ def _bridged(
 
 
 route_layout = _bridged(torch_ops.route_layout, tensors=("topk_ids",), optional=("is_kept",))
-select_kept = _bridged(
-    torch_ops.select_kept, tensors=("topk_ids",), optional=("topk_weights",), either=("capacity",)
-)
+select_kept = _bridged(torch_ops.select_kept, tensors=("topk_ids",), optional=("topk_weights",), either=("capacity",))
 permute = _bridged(torch_ops.permute, tensors=("x",), optional=("is_kept", "out"), layouts=("layout",))
 unpermute = _bridged(
     torch_ops.unpermute, tensors=("y", "topk_weights"), optional=("is_kept", "out"), layouts=("layout",)
@@ -122,9 +122,7 @@ pack_padded = _bridged(torch_ops.pack_padded, tensors=("rows", "counts"), option
 unpack_padded = _bridged(torch_ops.unpack_padded, tensors=("buffer", "counts"), optional=("out",))
 regroup_blocks = _bridged(torch_ops.regroup_blocks, tensors=("rows", "block_rows"), optional=("out",))
 quantize_rows = _bridged(torch_ops.quantize_rows, tensors=("x",), optional=("out", "out_scales"))
-dequantize_rows = _bridged(
-    torch_ops.dequantize_rows, tensors=("q", "scales"), optional=("out",), dtypes=("dtype",)
-)
+dequantize_rows = _bridged(torch_ops.dequantize_rows, tensors=("q", "scales"), optional=("out",), dtypes=("dtype",))
 capacity_for_ratio = _bridged(torch_ops.capacity_for_ratio, tensors=("loads",))
 
 __all__ = [

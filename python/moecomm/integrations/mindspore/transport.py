@@ -24,9 +24,9 @@ import math
 from typing import Any
 
 import torch
-from mindspore import ops as ms_ops
 from mindspore.communication import GlobalComm, get_group_size, get_rank
 
+from mindspore import ops as ms_ops
 from moecomm.comm.transports.base import (
     Transport,
     agree_on_settings,
@@ -183,4 +183,3 @@ class MindSporeTransport(Transport):
     def check_same_settings(self, settings: dict[str, Any]) -> None:
         """Two all-gathers (the pickled sizes, then the padded pickles), each bounded by ``timeout_s``."""
         agree_on_settings(self, settings)
-
