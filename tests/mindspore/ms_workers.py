@@ -107,17 +107,39 @@ def ms_ep_moe(rank: int, world_size: int, case: dict[str, Any], configs: list[di
         parameters = layer.parameters_dict()
         for name, value in replicated.items():
             parameters[name].set_data(to_mindspore(value.clone()))
-        y = layer(to_mindspore(case_tokens(case, rank)))
+        tokens = case_tokens(case, rank)
+        y = layer(to_mindspore(tokens))
         outcomes.append(
             {
                 "y": to_torch("y", y).clone(),
                 "stats": layer.last_stats.as_dict(),
                 "transport": layer.torch_layer.dispatcher.transport.name,
                 "parameters": sorted(parameters),
+                "errors": _layer_errors(layer, tokens),
             }
         )
         layer.close()
     return outcomes
+
+
+def _layer_errors(layer: Any, tokens: torch.Tensor) -> dict[str, str]:
+    """What the Cell raises for bad inputs (local checks: they raise before any collective)."""
+    from moecomm.integrations.mindspore.bridge import to_mindspore
+
+    bad = {
+        "torch tensor": lambda: layer(tokens),
+        "float16": lambda: layer(to_mindspore(tokens.half())),
+        "wrong hidden": lambda: layer(to_mindspore(tokens[:, :-1].contiguous())),
+        "w2 shape": lambda: layer.load_expert_weights(w2=to_mindspore(torch.zeros(1, 2, 3)), w13=None),
+    }
+    errors = {}
+    for name, call in bad.items():
+        try:
+            call()
+            errors[name] = "no error"
+        except (TypeError, ValueError) as error:
+            errors[name] = f"{type(error).__name__}: {error}"
+    return errors
 
 
 def refused_configs(rank: int, world_size: int) -> dict[str, str]:

@@ -54,3 +54,14 @@ def test_parameters_carry_the_torch_layers_names(both):
         "w13",
         "w2",
     ]
+
+
+def test_bad_inputs_raise_named_errors(both):
+    mindspore, _ = both
+    hidden = CASE["hidden"]
+    for rank in range(2):
+        errors = mindspore[rank][0]["errors"]
+        assert errors["torch tensor"] == "TypeError: x: expected a mindspore.Tensor, got torch.Tensor"
+        assert errors["float16"] == "TypeError: x: expected the layer's dtype torch.float32, got torch.float16"
+        assert errors["wrong hidden"].startswith(f"ValueError: x: expected a tensor [..., {hidden}] (hidden_size)")
+        assert errors["w2 shape"] == "ValueError: w13: give w13, or both gate_proj and up_proj"
