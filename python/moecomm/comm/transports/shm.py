@@ -31,14 +31,8 @@ import torch
 import torch.distributed as dist
 
 from moecomm import _C
-from moecomm.comm.transports.base import (
-    CommStepError,
-    Transport,
-    check_all_to_all_input,
-    checked_splits,
-    scatter_block_rows,
-)
-from moecomm.comm.transports.torch_dist import TorchTransport, check_out
+from moecomm.comm.transports.base import CommStepError, Transport
+from moecomm.comm.transports.torch_dist import TorchTransport
 from moecomm.ops._native import num_threads, storage_bytes, tensor_arg
 
 #: Bytes of one rank's bootstrap record: the segment name (NUL padded) and the nonce.
@@ -187,11 +181,7 @@ class ShmTransport(Transport):
     def all_gather(
         self, phase: str, step: str, tensor: torch.Tensor, *, out: torch.Tensor | None = None
     ) -> torch.Tensor:
-        self.check_device("tensor", tensor)
-        tensor = tensor.contiguous()
-        rows = tensor.shape[0] if tensor.dim() else 1
-        shape = (self.world_size, *tensor.shape)
-        out = tensor.new_empty(shape) if out is None else check_out(out, shape, tensor)
+        tensor, rows, out = self.all_gather_operands(tensor, out)
         native = self._native()
         self.step(
             phase,
@@ -216,14 +206,8 @@ class ShmTransport(Transport):
         *,
         out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        self.check_device("tensor", tensor)
-        check_all_to_all_input(tensor)
-        tensor = tensor.contiguous()
+        tensor, sent, received, result = self.all_to_all_operands(tensor, output_rows, output_splits, input_splits, out)
         rows = int(tensor.shape[0])
-        sent = checked_splits("input_splits", input_splits, rows, self.world_size)
-        received = checked_splits("output_splits", output_splits, output_rows, self.world_size)
-        shape = (output_rows, *tensor.shape[1:])
-        result = tensor.new_empty(shape) if out is None else check_out(out, shape, tensor)
         native = self._native()
         self.step(
             phase,
@@ -242,11 +226,7 @@ class ShmTransport(Transport):
     def reduce_scatter(
         self, phase: str, step: str, tensor: torch.Tensor, *, out: torch.Tensor | None = None
     ) -> torch.Tensor:
-        self.check_device("tensor", tensor)
-        block = scatter_block_rows(tensor, self.world_size)
-        tensor = tensor.contiguous()
-        shape = (block, *tensor.shape[1:])
-        result = tensor.new_empty(shape) if out is None else check_out(out, shape, tensor)
+        tensor, result = self.reduce_scatter_operands(tensor, out)
         arg_in, arg_out = tensor_arg("tensor", tensor), tensor_arg("out", result)
         native = self._native()
         self.step(phase, step, lambda: native.reduce_scatter(arg_in, arg_out, num_threads(), self.timeout_s))

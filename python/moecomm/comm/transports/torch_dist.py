@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from moecomm.comm.transports.base import Transport, agree_on_settings
+from moecomm.comm.transports.base import Transport, agree_on_settings, check_out
 
 # torch >= 2.13 names these *_single (the *_tensor names warn); older torch only has *_tensor.
 _ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -20,21 +20,6 @@ _REDUCE_SCATTER = getattr(dist, "reduce_scatter_single", None) or dist.reduce_sc
 
 #: Device type a tensor must live on for each process-group backend.
 BACKEND_DEVICE = {"gloo": "cpu", "nccl": "cuda", "hccl": "npu"}
-
-
-def check_out(out: torch.Tensor, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    """Checks a caller's receive buffer: contiguous, ``shape``, ``like``'s dtype and device."""
-    if (
-        tuple(out.shape) != tuple(shape)
-        or out.dtype != like.dtype
-        or out.device != like.device
-        or not out.is_contiguous()
-    ):
-        raise ValueError(
-            f"out: expected a contiguous {like.dtype} tensor of shape {list(shape)} on {like.device}, "
-            f"got {out.dtype} {list(out.shape)} on {out.device}"
-        )
-    return out
 
 
 class TorchTransport(Transport):

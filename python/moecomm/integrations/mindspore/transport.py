@@ -27,14 +27,7 @@ import torch
 from mindspore.communication import GlobalComm, get_group_size, get_rank
 
 from mindspore import ops as ms_ops
-from moecomm.comm.transports.base import (
-    Transport,
-    agree_on_settings,
-    check_all_to_all_input,
-    checked_splits,
-    scatter_block_rows,
-)
-from moecomm.comm.transports.torch_dist import check_out
+from moecomm.comm.transports.base import Transport, agree_on_settings
 from moecomm.integrations.mindspore.bridge import to_mindspore, to_torch
 from moecomm.integrations.mindspore.collective_thread import run_bounded
 
@@ -111,11 +104,7 @@ class MindSporeTransport(Transport):
     def all_gather(
         self, phase: str, step: str, tensor: torch.Tensor, *, out: torch.Tensor | None = None
     ) -> torch.Tensor:
-        self.check_device("tensor", tensor)
-        tensor = tensor.contiguous()
-        rows = tensor.shape[0] if tensor.dim() else 1
-        shape = (self.world_size, *tensor.shape)
-        out = tensor.new_empty(shape) if out is None else check_out(out, shape, tensor)
+        tensor, rows, out = self.all_gather_operands(tensor, out)
         row_shape = tuple(tensor.shape[1:]) if tensor.dim() else ()
         gathered = self._gather_bytes(phase, step, _row_bytes(tensor, rows, row_shape))
         _row_bytes(out, self.world_size * rows, row_shape).view(gathered.shape).copy_(gathered)
@@ -132,14 +121,8 @@ class MindSporeTransport(Transport):
         *,
         out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        self.check_device("tensor", tensor)
-        check_all_to_all_input(tensor)
-        tensor = tensor.contiguous()
+        tensor, sent, received, result = self.all_to_all_operands(tensor, output_rows, output_splits, input_splits, out)
         rows = int(tensor.shape[0])
-        sent = checked_splits("input_splits", input_splits, rows, self.world_size)
-        received = checked_splits("output_splits", output_splits, output_rows, self.world_size)
-        shape = (output_rows, *tensor.shape[1:])
-        result = tensor.new_empty(shape) if out is None else check_out(out, shape, tensor)
         table = self.all_gather(phase, f"{step} (sizes)", torch.tensor(sent, dtype=torch.int64))
         if table[:, self.rank].tolist() != received:
             raise self.fail(
@@ -164,11 +147,9 @@ class MindSporeTransport(Transport):
     def reduce_scatter(
         self, phase: str, step: str, tensor: torch.Tensor, *, out: torch.Tensor | None = None
     ) -> torch.Tensor:
-        self.check_device("tensor", tensor)
-        block = scatter_block_rows(tensor, self.world_size)
-        shape = (block, *tensor.shape[1:])
-        result = tensor.new_empty(shape) if out is None else check_out(out, shape, tensor)
-        gathered = self.all_gather(phase, step, tensor.contiguous())
+        tensor, result = self.reduce_scatter_operands(tensor, out)
+        block = result.shape[0]
+        gathered = self.all_gather(phase, step, tensor)
         mine = gathered[:, self.rank * block : (self.rank + 1) * block]
         accumulate = torch.float32 if tensor.dtype in (torch.float16, torch.bfloat16) else tensor.dtype
         total = mine[0].to(accumulate)
