@@ -5,6 +5,7 @@ limits hold and it leaves no process behind."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import pytest
@@ -78,3 +79,24 @@ def _is_zombie(pid: int) -> bool:
             return stat.read().split(")")[-1].split()[0] == "Z"
     except OSError:
         return True
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"target": "ms_workers.sleep_on_rank", "world_size": 2}, r"^target: expected 'package.module:function'"),
+        ({"target": "ms_workers:sleep_on_rank", "world_size": 0}, r"^world_size: expected an int >= 1, got 0$"),
+        ({"target": "ms_workers:sleep_on_rank", "world_size": True}, r"^world_size: expected an int >= 1, got True$"),
+        ({"target": "m:f", "world_size": 1, "timeout_s": 0}, r"^timeout_s: expected a number > 0, got 0$"),
+        ({"target": "m:f", "world_size": 1, "failure_grace_s": -1}, r"^failure_grace_s: expected a number > 0"),
+    ],
+)
+def test_launcher_arguments_are_checked_before_anything_starts(kwargs, match):
+    target, world_size = kwargs.pop("target"), kwargs.pop("world_size")
+    with pytest.raises(ValueError, match=match):
+        run_mindspore_local(target, world_size, python=sys.executable, **kwargs)
+
+
+def test_launcher_refuses_a_missing_interpreter():
+    with pytest.raises(ValueError, match=r"^python: no interpreter at '/nonexistent/python'"):
+        run_mindspore_local("m:f", 1, python="/nonexistent/python")

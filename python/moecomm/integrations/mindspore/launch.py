@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import socket
 import subprocess
 import sys
@@ -92,6 +93,10 @@ def run_mindspore_local(
     if not failure_grace_s > 0:
         raise ValueError(f"failure_grace_s: expected a number > 0, got {failure_grace_s!r}")
     python = python or sys.executable
+    if shutil.which(python) is None:
+        raise ValueError(
+            f"python: no interpreter at {python!r} (the MindSpore environment's, e.g. .venv-mindspore/bin/python)"
+        )
     with tempfile.TemporaryDirectory(prefix="moecomm-ms-run-") as directory:
         run_dir = Path(directory)
         with open(run_dir / "job.pkl", "wb") as file:
