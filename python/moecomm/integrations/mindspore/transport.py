@@ -80,8 +80,8 @@ class MindSporeTransport(Transport):
     def _gather_bytes(self, phase: str, step: str, rows: torch.Tensor) -> torch.Tensor:
         """``rows [N, B]`` uint8 (N and B equal on every rank) -> ``[R, N, B]`` uint8, every rank's rows."""
         count, width = rows.shape
-        if count == 0 or width == 0:
-            return rows.new_empty(self.world_size, count, width)
+        if count == 0 or width == 0:  # nothing to move on any rank (N and B agree); a broken transport still refuses
+            return self.step(phase, step, lambda: rows.new_empty(self.world_size, count, width))
         words = -(-width // _WORD)
         if width % _WORD == 0 and rows.is_contiguous() and rows.data_ptr() % _WORD == 0:
             send = rows.view(torch.int32)
