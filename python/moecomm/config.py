@@ -10,7 +10,7 @@ from typing import Any
 from moecomm.checks import check_choice, check_non_negative_int, check_positive_int, check_ratio
 from moecomm.ops.quant import QUANT_KINDS
 from moecomm.registry import DISPATCHERS as _DISPATCHER_TABLE
-from moecomm.registry import KERNEL_BACKENDS, TRANSPORTS, names
+from moecomm.registry import FRAMEWORK_TRANSPORTS, KERNEL_BACKENDS, TRANSPORTS, names
 
 DISPATCHERS = names(_DISPATCHER_TABLE)
 DROP_POLICIES = ("position", "probs")
@@ -45,7 +45,8 @@ class MoECommConfig:
         log_stats_every: log drop statistics every N steps (0 = never; used by the vLLM plugin).
         timeout_s: seconds a dispatcher waits on one collective before raising (> 0).
         transport: how bytes move: ``"auto"`` (shared memory when every rank is on this host, else
-            torch.distributed), ``"shm"`` or ``"torch"`` (the caller's torch.distributed group).
+            torch.distributed), ``"shm"`` or ``"torch"`` (the caller's torch.distributed group); MindSpore
+            jobs: ``"auto"`` (shm, else MindSpore's collectives), ``"shm"`` or ``"mindspore"``.
         kernel_backend: which kernels compute: ``"auto"`` (native C++ for CPU tensors, pure torch on other
             devices), ``"native"`` or ``"torch"`` (device-generic pure torch, also on CPU).
         dispatch_quant: None (rows travel in the activation dtype), ``"int8"`` (symmetric per-token absmax,
@@ -68,7 +69,7 @@ class MoECommConfig:
 
     def __post_init__(self) -> None:
         check_choice("dispatcher", self.dispatcher, DISPATCHERS)
-        check_choice("transport", self.transport, names(TRANSPORTS, with_auto=True))
+        check_choice("transport", self.transport, names(TRANSPORTS, with_auto=True) + names(FRAMEWORK_TRANSPORTS))
         check_choice("kernel_backend", self.kernel_backend, names(KERNEL_BACKENDS, with_auto=True))
         object.__setattr__(self, "token_drop_ratio", check_ratio("token_drop_ratio", self.token_drop_ratio))
         if self.capacity_factor is not None:

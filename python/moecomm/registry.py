@@ -24,6 +24,12 @@ TRANSPORTS: dict[str, str] = {
     "shm": "moecomm.comm.transports.shm:ShmTransport",
 }
 
+#: Transports over another framework's own cluster (no torch.distributed group): valid ``config.transport``
+#: values that only that framework's dispatcher factory builds (``auto`` never picks them for a torch group).
+FRAMEWORK_TRANSPORTS: dict[str, str] = {
+    "mindspore": "moecomm.integrations.mindspore.transport:MindSporeTransport",
+}
+
 #: Kernel backends (which device computes the ops): ``backends/``. ``"auto"`` picks by the tensors' device.
 KERNEL_BACKENDS: dict[str, str] = {
     "native": "moecomm.backends.native:NativeBackend",

@@ -21,6 +21,7 @@ STANDALONE = {
     "layer": "moecomm.bench.layer_cli",  # EPMoE at EP=2 vs the transformers block (issue 4)
     "vllm": "moecomm.bench.vllm_cli",  # vLLM TP=2 in-tree vs EP through moecomm, tokens/s (issue 5)
     "quant": "moecomm.bench.quant_cli",  # quantized dispatch (int8, fp8) vs bf16 rows (issue 13)
+    "mindspore": "moecomm.bench.mindspore_cli",  # MindSpore EP2 dispatch+combine, shm vs MindSpore (issue 11)
 }
 
 

@@ -34,6 +34,7 @@ def make_dispatcher(
     group: dist.ProcessGroup | None = None,
     *,
     fresh_buffers: bool = False,
+    transport: Transport | None = None,
 ) -> Dispatcher:
     """Builds the dispatcher ``config.dispatcher`` names over ``group`` (None: a single process).
 
@@ -43,10 +44,14 @@ def make_dispatcher(
         num_experts: E, divisible by the group's size; rank r owns experts ``[r*E/R, (r+1)*E/R)``.
         group: a torch.distributed ProcessGroup the caller owns (its members call this together), or None.
         fresh_buffers: allocate new buffers every step (the pre-workspace behaviour; a benchmark peer).
+        transport: a Transport already built over the EP ranks instead of ``group`` (MindSpore jobs: see
+            :func:`moecomm.integrations.mindspore.make_mindspore_transport`); the dispatcher owns it.
     """
     if not isinstance(config, MoECommConfig):
         config = MoECommConfig.from_dict(config)
-    return load(DISPATCHERS, config.dispatcher)(config, num_experts, group, fresh_buffers=fresh_buffers)
+    return load(DISPATCHERS, config.dispatcher)(
+        config, num_experts, group, fresh_buffers=fresh_buffers, transport=transport
+    )
 
 
 __all__ = [

@@ -1,1 +1,1 @@
-"""Integrations of moecomm with other frameworks (transformers, vLLM)."""
+"""Integrations of moecomm with other frameworks (transformers, vLLM, MindSpore)."""

@@ -23,6 +23,7 @@ from moecomm.layer.shared_experts import SharedExperts
 from moecomm.registry import BLOCK_ADAPTERS, load
 
 if TYPE_CHECKING:
+    from moecomm.comm.transports.base import Transport
     from moecomm.config import MoECommConfig
 
 
@@ -44,6 +45,8 @@ class EPMoE(nn.Module):
         num_experts: E, the global number of routed experts; must be divisible by the group size.
         top_k: experts per token.
         group: the EP process group (each rank holds E / group size experts); None = single process.
+        transport: instead of ``group``, a Transport already built over the EP ranks (MindSpore jobs:
+            :func:`moecomm.integrations.mindspore.make_mindspore_transport`); the layer's dispatcher owns it.
         config: a :class:`moecomm.MoECommConfig` (or a dict of its fields): dispatcher and drop settings.
         scoring / renormalize / n_group / topk_group / routed_scaling_factor: the router's settings
             (see :func:`moecomm.layer.router.select_experts`).
@@ -82,6 +85,7 @@ class EPMoE(nn.Module):
         shared_intermediate_size: int | None = None,
         shared_expert_gate: bool = False,
         dtype: torch.dtype | None = None,
+        transport: Transport | None = None,
     ) -> None:
         super().__init__()
         from moecomm.comm import make_dispatcher
@@ -89,7 +93,7 @@ class EPMoE(nn.Module):
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.intermediate_size = check_positive_int("intermediate_size", intermediate_size)
         self.num_experts = check_positive_int("num_experts", num_experts)
-        world_size = group_size(group)
+        world_size = group_size(group) if transport is None else transport.world_size
         if num_experts % world_size:
             raise ValueError(
                 f"num_experts: {num_experts} experts cannot be split evenly over the EP group of "
@@ -114,7 +118,7 @@ class EPMoE(nn.Module):
             else SharedExperts(hidden_size, shared_intermediate_size, use_gate=shared_expert_gate, dtype=dtype)
         )
         # local checks above raise on every rank alike; make_dispatcher is collective (config agreement)
-        self.dispatcher = make_dispatcher(config, num_experts, group)
+        self.dispatcher = make_dispatcher(config, num_experts, group, transport=transport)
         self.config: MoECommConfig = self.dispatcher.config
         self.rank, self.world_size = self.dispatcher.rank, self.dispatcher.world_size
         self.num_local_experts = self.dispatcher.num_local_experts

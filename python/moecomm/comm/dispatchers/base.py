@@ -24,7 +24,7 @@ from moecomm.checks import ACTIVATION_DTYPES, check_tensor, check_topk_ids, chec
 from moecomm.comm.drop_plan import StepPlan, plan_step
 from moecomm.comm.handle import DispatchHandle
 from moecomm.comm.row_codec import QuantizedRows, row_codec
-from moecomm.comm.transports import make_transport
+from moecomm.comm.transports import Transport, make_transport
 from moecomm.comm.transports.torch_dist import TorchTransport
 from moecomm.comm.workspace import Workspace
 from moecomm.config import MoECommConfig
@@ -40,6 +40,10 @@ class Dispatcher:
         group: a torch.distributed ProcessGroup the caller owns, or None for a single process.
         fresh_buffers: allocate new buffers every step instead of reusing them (the old behaviour; a
             benchmark peer).
+        transport: a :class:`~moecomm.comm.transports.base.Transport` already built over the EP ranks (e.g. by
+            :func:`moecomm.integrations.mindspore.make_mindspore_transport`, for jobs with no torch.distributed
+            group); ``group`` must then be None and ``config.transport`` is not consulted. The dispatcher owns
+            it from here on (its :meth:`close` closes it).
     """
 
     name = "dispatcher"
@@ -51,6 +55,7 @@ class Dispatcher:
         group: dist.ProcessGroup | None = None,
         *,
         fresh_buffers: bool = False,
+        transport: Transport | None = None,
     ) -> None:
         if not isinstance(config, MoECommConfig):
             raise TypeError(f"config: expected a MoECommConfig, got {type(config).__name__}")
@@ -59,10 +64,17 @@ class Dispatcher:
         self.config = config
         # Agree on the config first (over the caller's group): choosing the transport is itself collective,
         # so ranks that disagree on it must be stopped before they take different paths.
-        bootstrap = TorchTransport(group, config.timeout_s, self.name, private_group=False)
+        if transport is not None:
+            if group is not None:
+                raise ValueError("group: give a torch.distributed group or a transport, not both")
+            if not isinstance(transport, Transport):
+                raise TypeError(f"transport: expected a moecomm Transport, got {type(transport).__name__}")
+        bootstrap = TorchTransport(group, config.timeout_s, self.name, private_group=False) if transport is None else transport
         self.num_experts, _ = check_topology(num_experts, bootstrap.world_size)
         bootstrap.check_same_settings({**config.to_dict(), "num_experts": num_experts})
-        self.transport = make_transport(config.transport, group, config.timeout_s, self.name)
+        if transport is None:
+            transport = make_transport(config.transport, group, config.timeout_s, self.name)
+        self.transport = transport
         self.workspace = Workspace(self._allocate, fresh=fresh_buffers)
         self.codec = row_codec(config.dispatch_quant)
         self.steps_dispatched = 0

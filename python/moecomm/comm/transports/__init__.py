@@ -13,7 +13,7 @@ import logging
 import torch.distributed as dist
 
 from moecomm.comm.transports.base import CommStepError, Transport
-from moecomm.registry import AUTO, TRANSPORTS, load
+from moecomm.registry import AUTO, FRAMEWORK_TRANSPORTS, TRANSPORTS, load
 
 logger = logging.getLogger("moecomm")
 _announced: set[tuple[str, str]] = set()
@@ -40,6 +40,11 @@ def make_transport(name: str, group: dist.ProcessGroup | None, timeout_s: float,
 
     Collective: every rank of ``group`` calls it together with the same ``name``.
     """
+    if name in FRAMEWORK_TRANSPORTS:
+        raise ValueError(
+            f"transport: {name!r} runs over {name}'s own cluster, not a torch.distributed group; build the "
+            f"dispatcher with moecomm.integrations.{name}.make_{name}_dispatcher"
+        )
     chosen, reason = choose_transport(name, group)
     if group is not None and dist.get_world_size(group) > 1 and (chosen, reason) not in _announced:
         _announced.add((chosen, reason))

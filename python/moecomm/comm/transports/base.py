@@ -7,11 +7,13 @@ rank, the owner (e.g. the dispatcher), the phase and the step. After a failed st
 *broken*: every later call raises at once instead of touching a half-finished exchange.
 
 Members: ``torch`` (a caller-owned torch.distributed group: gloo, NCCL, HCCL; group None = one
-process) and ``shm`` (native shared memory between the processes of one host).
+process), ``shm`` (native shared memory between the processes of one host) and ``mindspore``
+(MindSpore's own collectives, all-gather based: ``moecomm.integrations.mindspore.transport``).
 """
 
 from __future__ import annotations
 
+import pickle
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
@@ -100,6 +102,52 @@ class Transport(ABC):
     def on_broken(self) -> None:
         """Hook: release what a failed step may have left in flight (default: nothing)."""
 
+    # ---- argument checks shared by the transports that copy rows themselves (shm, mindspore) ----
+
+    def all_gather_operands(
+        self, tensor: torch.Tensor, out: torch.Tensor | None
+    ) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """``(tensor made contiguous, rows N, the [R, N, *S] receive buffer)`` of an :meth:`all_gather`
+        (``out`` checked, or a new buffer); a 0-D tensor counts as one row."""
+        self.check_device("tensor", tensor)
+        tensor = tensor.contiguous()
+        rows = tensor.shape[0] if tensor.dim() else 1
+        shape = (self.world_size, *tensor.shape)
+        return tensor, rows, tensor.new_empty(shape) if out is None else check_out(out, shape, tensor)
+
+    def all_to_all_operands(
+        self,
+        tensor: torch.Tensor,
+        output_rows: int,
+        output_splits: list[int] | None,
+        input_splits: list[int] | None,
+        out: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, list[int], list[int], torch.Tensor]:
+        """``(tensor made contiguous, rows sent to each rank, rows received from each rank, the
+        [output_rows, *S] receive buffer)`` of an :meth:`all_to_all`, every argument checked."""
+        self.check_device("tensor", tensor)
+        if tensor.dim() < 1:
+            raise ValueError(f"tensor: expected at least one dimension (rows), got shape {list(tensor.shape)}")
+        tensor = tensor.contiguous()
+        sent = checked_splits("input_splits", input_splits, int(tensor.shape[0]), self.world_size)
+        received = checked_splits("output_splits", output_splits, output_rows, self.world_size)
+        shape = (output_rows, *tensor.shape[1:])
+        return tensor, sent, received, tensor.new_empty(shape) if out is None else check_out(out, shape, tensor)
+
+    def reduce_scatter_operands(
+        self, tensor: torch.Tensor, out: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tensor made contiguous, the [M, *S] receive buffer)`` of a :meth:`reduce_scatter` of
+        ``tensor [R * M, *S]``."""
+        self.check_device("tensor", tensor)
+        if tensor.dim() < 1 or tensor.shape[0] % self.world_size:
+            raise ValueError(
+                f"tensor: expected [R * M, ...] rows with R={self.world_size}, got shape {list(tensor.shape)}"
+            )
+        tensor = tensor.contiguous()
+        shape = (tensor.shape[0] // self.world_size, *tensor.shape[1:])
+        return tensor, tensor.new_empty(shape) if out is None else check_out(out, shape, tensor)
+
     # ---- the collectives ----
 
     @abstractmethod
@@ -154,6 +202,33 @@ class Transport(ABC):
         """Releases what the transport owns (default: nothing; the caller owns any process group)."""
 
 
+def check_out(out: torch.Tensor, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """Checks a caller's receive buffer: contiguous, ``shape``, ``like``'s dtype and device."""
+    if (
+        tuple(out.shape) != tuple(shape)
+        or out.dtype != like.dtype
+        or out.device != like.device
+        or not out.is_contiguous()
+    ):
+        raise ValueError(
+            f"out: expected a contiguous {like.dtype} tensor of shape {list(shape)} on {like.device}, "
+            f"got {out.dtype} {list(out.shape)} on {out.device}"
+        )
+    return out
+
+
+def checked_splits(name: str, splits: list[int] | None, rows: int, world_size: int) -> list[int]:
+    """``splits`` checked (``world_size`` ints >= 0 summing to ``rows``), or equal parts of ``rows`` when None."""
+    if splits is None:
+        if rows % world_size:
+            raise ValueError(f"{name}: {rows} rows do not split into {world_size} equal parts; pass the splits")
+        return [rows // world_size] * world_size
+    splits = [int(s) for s in splits]
+    if len(splits) != world_size or any(s < 0 for s in splits) or sum(splits) != rows:
+        raise ValueError(f"{name}: expected {world_size} sizes >= 0 summing to {rows}, got {splits}")
+    return splits
+
+
 def differing_settings(gathered: list[dict[str, Any]]) -> list[str]:
     """``"key (rank 0=a, rank 1=b)"`` for every key whose value differs across the ranks' ``gathered`` dicts."""
     differing = []
@@ -163,3 +238,23 @@ def differing_settings(gathered: list[dict[str, Any]]) -> list[str]:
             per_rank = ", ".join(f"rank {r}={v!r}" for r, v in enumerate(values))
             differing.append(f"{key} ({per_rank})")
     return differing
+
+
+def agree_on_settings(transport: Transport, settings: dict[str, Any]) -> None:
+    """Raises ``ValueError`` on every rank of ``transport`` unless all passed equal ``settings`` (names each
+    differing key and every rank's value). Two all-gathers (the pickled sizes, then the padded pickles) on the
+    transport's device, each bounded by its ``timeout_s``."""
+    payload = torch.frombuffer(bytearray(pickle.dumps(settings)), dtype=torch.uint8)
+    device = transport.device_type or "cpu"
+    length = torch.tensor([payload.numel()], dtype=torch.int64, device=device)
+    lengths = transport.all_gather("setup", "config agreement (sizes)", length).view(-1).cpu()
+    padded = torch.zeros(int(lengths.max()), dtype=torch.uint8, device=device)
+    padded[: payload.numel()] = payload.to(device)
+    table = transport.all_gather("setup", "config agreement", padded).cpu()
+    gathered = [pickle.loads(bytes(table[r, : int(lengths[r])].numpy())) for r in range(transport.world_size)]
+    differing = differing_settings(gathered)
+    if differing:
+        raise ValueError(
+            f"rank {transport.rank}: {transport.owner} setup: the configuration differs across the EP group: "
+            + "; ".join(differing)
+        )

@@ -1,7 +1,8 @@
 """The ``shm`` transport: native shared-memory collectives between the processes of one host.
 
-The caller's torch.distributed group (gloo) is used only to bootstrap: every rank draws a random segment
-name (``/moecomm-`` + 128 random bits) and rank 0 a 64-bit group nonce, and the group all-gathers them
+The caller's torch.distributed group (gloo), or any other bootstrap :class:`Transport` (MindSpore's
+collectives for MindSpore jobs), is used only to bootstrap: every rank draws a random segment name
+(``/moecomm-`` + 128 random bits) and rank 0 a 64-bit group nonce, and the group all-gathers them
 (bounded by ``timeout_s``). Every later collective runs in native code (``kernels/cpu/shm/``, C ABI in
 ``kernels/include/moecomm/shm.h``) over POSIX shared memory:
 
@@ -31,7 +32,7 @@ import torch.distributed as dist
 
 from moecomm import _C
 from moecomm.comm.transports.base import CommStepError, Transport
-from moecomm.comm.transports.torch_dist import TorchTransport, check_out
+from moecomm.comm.transports.torch_dist import TorchTransport
 from moecomm.ops._native import num_threads, storage_bytes, tensor_arg
 
 #: Bytes of one rank's bootstrap record: the segment name (NUL padded) and the nonce.
@@ -50,19 +51,6 @@ def _row_elements(tensor: torch.Tensor) -> int:
     for size in tensor.shape[1:]:
         count *= int(size)
     return count
-
-
-def _equal_splits(name: str, rows: int, world_size: int) -> list[int]:
-    if rows % world_size:
-        raise ValueError(f"{name}: {rows} rows do not split into {world_size} equal parts; pass the splits")
-    return [rows // world_size] * world_size
-
-
-def _check_splits(name: str, splits: list[int], world_size: int, rows: int) -> list[int]:
-    splits = [int(s) for s in splits]
-    if len(splits) != world_size or any(s < 0 for s in splits) or sum(splits) != rows:
-        raise ValueError(f"{name}: expected {world_size} sizes >= 0 summing to {rows}, got {splits}")
-    return splits
 
 
 def host_identity() -> bytes:
@@ -92,20 +80,43 @@ def _probe_posix_shm(timeout_s: float) -> str | None:
     return None
 
 
+def _bootstrap_transport(
+    group: dist.ProcessGroup | None, timeout_s: float, owner: str, bootstrap: Transport | None
+) -> Transport:
+    """``bootstrap`` when given (then ``group`` must be None), else the torch transport over ``group``."""
+    if bootstrap is None:
+        return TorchTransport(group, timeout_s, owner, private_group=False)
+    if group is not None:
+        raise ValueError("group: give a torch.distributed group or a bootstrap transport, not both")
+    if not isinstance(bootstrap, Transport):
+        raise TypeError(f"bootstrap: expected a moecomm Transport, got {type(bootstrap).__name__}")
+    return bootstrap
+
+
 class ShmTransport(Transport):
     """Collectives through native shared memory between the ranks of ``group``, all on this host.
 
     Args:
         group: the caller's torch.distributed ProcessGroup (gloo; used only for the bounded setup
-            exchange and :meth:`check_same_settings`), or None for one process.
+            exchange and :meth:`check_same_settings`), or None for one process (or when ``bootstrap`` is given).
         timeout_s: the longest any one step (setup included) waits.
         owner: the name used in error messages (the dispatcher's).
+        bootstrap: another CPU transport over the same ranks to bootstrap over instead of ``group`` (e.g. a
+            :class:`moecomm.integrations.mindspore.transport.MindSporeTransport`); it then serves
+            :meth:`check_same_settings` too.
     """
 
     name = "shm"
 
-    def __init__(self, group: dist.ProcessGroup | None, timeout_s: float, owner: str) -> None:
-        bootstrap = TorchTransport(group, timeout_s, owner, private_group=False)
+    def __init__(
+        self,
+        group: dist.ProcessGroup | None,
+        timeout_s: float,
+        owner: str,
+        *,
+        bootstrap: Transport | None = None,
+    ) -> None:
+        bootstrap = _bootstrap_transport(group, timeout_s, owner, bootstrap)
         if bootstrap.device_type not in (None, "cpu"):
             raise ValueError(f"group: the shm transport bootstraps over a CPU (gloo) group, got {bootstrap.describe()}")
         super().__init__(bootstrap.rank, bootstrap.world_size, timeout_s, owner)
@@ -127,17 +138,20 @@ class ShmTransport(Transport):
         )
 
     @staticmethod
-    def is_available(group: dist.ProcessGroup | None, timeout_s: float = 60.0) -> tuple[bool, str]:
-        """``(True, reason)`` when every rank of ``group`` runs on this host (same kernel boot, host name,
-        PID namespace and /dev/shm) and POSIX shared memory works on every rank; else ``(False, reason)``.
-        Collective: every rank of ``group`` must call it; bounded by ``timeout_s``."""
+    def is_available(
+        group: dist.ProcessGroup | None, timeout_s: float = 60.0, *, bootstrap: Transport | None = None
+    ) -> tuple[bool, str]:
+        """``(True, reason)`` when every rank of ``group`` (or of ``bootstrap``, a transport over the ranks)
+        runs on this host (same kernel boot, host name, PID namespace and /dev/shm) and POSIX shared memory
+        works on every rank; else ``(False, reason)``. Collective: every rank must call it; bounded by
+        ``timeout_s``."""
         failure = _probe_posix_shm(timeout_s)
-        if group is None:
+        if group is None and bootstrap is None:
             return (failure is None, failure or "one process; POSIX shared memory works")
         record = torch.zeros(33, dtype=torch.uint8)
         record[:32] = torch.frombuffer(bytearray(host_identity()), dtype=torch.uint8)
         record[32] = 0 if failure is None else 1
-        transport = TorchTransport(group, timeout_s, "shm availability", private_group=False)
+        transport = _bootstrap_transport(group, timeout_s, "shm availability", bootstrap)
         table = transport.all_gather("setup", "host identity", record)
         other_hosts = [r for r in range(transport.world_size) if not torch.equal(table[r, :32], table[0, :32])]
         broken = [r for r in range(transport.world_size) if int(table[r, 32]) != 0]
@@ -167,11 +181,7 @@ class ShmTransport(Transport):
     def all_gather(
         self, phase: str, step: str, tensor: torch.Tensor, *, out: torch.Tensor | None = None
     ) -> torch.Tensor:
-        self.check_device("tensor", tensor)
-        tensor = tensor.contiguous()
-        rows = tensor.shape[0] if tensor.dim() else 1
-        shape = (self.world_size, *tensor.shape)
-        out = tensor.new_empty(shape) if out is None else check_out(out, shape, tensor)
+        tensor, rows, out = self.all_gather_operands(tensor, out)
         native = self._native()
         self.step(
             phase,
@@ -196,19 +206,8 @@ class ShmTransport(Transport):
         *,
         out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        self.check_device("tensor", tensor)
-        if tensor.dim() < 1:
-            raise ValueError(f"tensor: expected at least one dimension (rows), got shape {list(tensor.shape)}")
-        tensor = tensor.contiguous()
+        tensor, sent, received, result = self.all_to_all_operands(tensor, output_rows, output_splits, input_splits, out)
         rows = int(tensor.shape[0])
-        sent = _equal_splits("input_splits", rows, self.world_size) if input_splits is None else input_splits
-        received = (
-            _equal_splits("output_splits", output_rows, self.world_size) if output_splits is None else output_splits
-        )
-        sent = _check_splits("input_splits", sent, self.world_size, rows)
-        received = _check_splits("output_splits", received, self.world_size, output_rows)
-        shape = (output_rows, *tensor.shape[1:])
-        result = tensor.new_empty(shape) if out is None else check_out(out, shape, tensor)
         native = self._native()
         self.step(
             phase,
@@ -227,14 +226,7 @@ class ShmTransport(Transport):
     def reduce_scatter(
         self, phase: str, step: str, tensor: torch.Tensor, *, out: torch.Tensor | None = None
     ) -> torch.Tensor:
-        self.check_device("tensor", tensor)
-        if tensor.dim() < 1 or tensor.shape[0] % self.world_size:
-            raise ValueError(
-                f"tensor: expected [R * M, ...] rows with R={self.world_size}, got shape {list(tensor.shape)}"
-            )
-        tensor = tensor.contiguous()
-        shape = (tensor.shape[0] // self.world_size, *tensor.shape[1:])
-        result = tensor.new_empty(shape) if out is None else check_out(out, shape, tensor)
+        tensor, result = self.reduce_scatter_operands(tensor, out)
         arg_in, arg_out = tensor_arg("tensor", tensor), tensor_arg("out", result)
         native = self._native()
         self.step(phase, step, lambda: native.reduce_scatter(arg_in, arg_out, num_threads(), self.timeout_s))

@@ -6,14 +6,13 @@ Every collective runs asynchronously and is waited on for at most ``timeout_s``.
 
 from __future__ import annotations
 
-import pickle
 from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from moecomm.comm.transports.base import Transport, differing_settings
+from moecomm.comm.transports.base import Transport, agree_on_settings, check_out
 
 # torch >= 2.13 names these *_single (the *_tensor names warn); older torch only has *_tensor.
 _ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -26,21 +25,6 @@ _PRIVATE_GROUP_GRACE = timedelta(seconds=1)
 
 #: Device type a tensor must live on for each process-group backend.
 BACKEND_DEVICE = {"gloo": "cpu", "nccl": "cuda", "hccl": "npu"}
-
-
-def check_out(out: torch.Tensor, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    """Checks a caller's receive buffer: contiguous, ``shape``, ``like``'s dtype and device."""
-    if (
-        tuple(out.shape) != tuple(shape)
-        or out.dtype != like.dtype
-        or out.device != like.device
-        or not out.is_contiguous()
-    ):
-        raise ValueError(
-            f"out: expected a contiguous {like.dtype} tensor of shape {list(shape)} on {like.device}, "
-            f"got {out.dtype} {list(out.shape)} on {out.device}"
-        )
-    return out
 
 
 class TorchTransport(Transport):
@@ -168,20 +152,7 @@ class TorchTransport(Transport):
         """Bounded by ``timeout_s`` (a length all-gather, then the pickled settings, padded)."""
         if self.group is None:
             return
-        payload = torch.frombuffer(bytearray(pickle.dumps(settings)), dtype=torch.uint8)
-        device = self.device_type or "cpu"
-        length = torch.tensor([payload.numel()], dtype=torch.int64, device=device)
-        lengths = self.all_gather("setup", "config agreement (sizes)", length).view(-1).cpu()
-        padded = torch.zeros(int(lengths.max()), dtype=torch.uint8, device=device)
-        padded[: payload.numel()] = payload.to(device)
-        table = self.all_gather("setup", "config agreement", padded).cpu()
-        gathered = [pickle.loads(bytes(table[r, : int(lengths[r])].numpy())) for r in range(self.world_size)]
-        differing = differing_settings(gathered)
-        if differing:
-            raise ValueError(
-                f"rank {self.rank}: {self.owner} setup: the configuration differs across the EP group: "
-                + "; ".join(differing)
-            )
+        agree_on_settings(self, settings)
 
     def _private_group(self, group: dist.ProcessGroup, timeout_s: float) -> dist.ProcessGroup:
         """The private gloo group of ``group``'s ranks with timeout ``timeout_s``: a collective abandoned after a
