@@ -18,6 +18,8 @@ CONFIGS = [
     {"dispatcher": "alltoallv", "transport": "shm"},
     {"dispatcher": "alltoallv", "transport": "mindspore", "token_drop_ratio": 0.25},
     {"dispatcher": "allgather", "transport": "auto", "token_drop_ratio": 0.25, "drop_policy": "probs"},
+    {"dispatcher": "alltoallv", "transport": "shm", "dispatch_quant": "int8"},  # quantized dispatch (issue 13)
+    {"dispatcher": "alltoallv", "transport": "mindspore", "dispatch_quant": "fp8"},
 ]
 
 
