@@ -52,6 +52,9 @@ class WireFormat:
 
     def views(self, wire: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(codes [N, H] int8/float8_e4m3fn, scales [N] or [N, ceil(H/128)] float32)``: views into ``wire``."""
+        if wire.shape[0] <= 1 and wire.stride(0) != wire.shape[1] and (wire.shape[1] <= 1 or wire.stride(1) == 1):
+            # 0 or 1 rows: the row stride is arbitrary (DLPack, numpy); give it the canonical one
+            wire = wire.as_strided(tuple(wire.shape), (wire.shape[1], 1))
         codes = wire[:, : self.hidden].view(self.quant.dtype)
         scales = wire[:, self.scales_offset : self.row_bytes]
         if wire.shape[0] and (wire.stride(0) % SCALE_BYTES or scales.storage_offset() % SCALE_BYTES):
@@ -82,7 +85,7 @@ def check_wire(wire: object, hidden: int, kind: object) -> tuple[torch.Tensor, W
         raise ValueError(
             f"wire: expected rows of {fmt.row_bytes} bytes ({kind} rows of {hidden} values), got {wire.shape[1]}"
         )
-    if wire.shape[0] > 1 and wire.shape[1] > 1 and wire.stride(1) != 1:
+    if wire.numel() and wire.shape[1] > 1 and wire.stride(1) != 1:
         raise ValueError("wire: expected rows with contiguous bytes")
     return wire, fmt
 
@@ -140,7 +143,7 @@ def _wire_out(out: torch.Tensor | None, num_rows: int, fmt: WireFormat, x: torch
         raise ValueError(
             f"out: expected a [{num_rows}, {fmt.row_bytes}] int8 tensor on {x.device}, got {list(out.shape)} on {out.device}"
         )
-    if num_rows > 1 and fmt.row_bytes > 1 and out.stride(1) != 1:
+    if out.numel() and fmt.row_bytes > 1 and out.stride(1) != 1:
         raise ValueError("out: expected rows with contiguous bytes")
     if overlaps(out, x):
         raise ValueError("out: shares memory with x")

@@ -119,6 +119,32 @@ def test_quantize_dequantize_equal_torch(kind, dtype, shape, seed):
     assert torch.equal(back(restored), ops.dequantize_rows(q, scales, kind, dtype))
 
 
+@FAST
+@given(
+    kind=st.sampled_from(["int8", "fp8"]),
+    dtype=st.sampled_from(ACTIVATION_DTYPES),
+    shape=st.tuples(st.integers(0, 6), st.integers(1, 300)),
+    use_layout=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_wire_rows_equal_torch(kind, dtype, shape, use_layout, seed):
+    """quantize_to_wire / dequantize_from_wire (quantized dispatch's rows), with and without a layout."""
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=gen) * 3).to(dtype)
+    layout = ops.route_layout(torch.randint(0, 4, (shape[0], 2), generator=gen), 4) if use_layout else None
+    wire = ops.quantize_to_wire(x, kind, layout)
+    ms_layout = None
+    if layout is not None:
+        ms_layout = ms_ops.route_layout(to_ms(layout.topk_ids), 4)
+    ms_wire = ms_ops.quantize_to_wire(to_ms(x), kind, ms_layout)
+    assert torch.equal(back(ms_wire), wire)
+    ms_dtype = to_mindspore(torch.empty(0, dtype=dtype)).dtype
+    plain = ops.quantize_to_wire(x, kind)
+    restored = ms_ops.dequantize_from_wire(to_ms(plain), shape[1], kind, ms_dtype, ms_layout)
+    assert torch.equal(back(restored), ops.dequantize_from_wire(plain, shape[1], kind, dtype, layout))
+    assert ms_ops.wire_row_bytes(shape[1], kind) == wire.shape[1]
+
+
 def test_results_share_memory_and_out_is_returned_itself():
     """Zero-copy: an input's memory is what the kernel reads, and ``out=`` comes back as the same object,
     written in place."""

@@ -19,6 +19,7 @@ device than the CPU ``ValueError`` naming it.
 | pack_padded / unpack_padded | rows [N,H], counts [B] int64 | [B,capacity,H] and back |
 | regroup_blocks | rows [N,H], block_rows [A,B] int64 | [N,H] |
 | quantize_rows / dequantize_rows | x [N,H] / q [N,H], scales | (q int8/float8_e4m3fn, scales float32) / [N,H] |
+| quantize_to_wire / dequantize_from_wire | x [T,H] / wire [N,W] int8, layout | wire rows / [N,H] |
 | capacity_for_ratio | loads [B] int | int |
 """
 
@@ -35,7 +36,7 @@ import torch
 import mindspore as ms
 from moecomm import ops as torch_ops
 from moecomm.integrations.mindspore.bridge import check_ms_tensor, to_mindspore, to_torch, torch_dtype_of
-from moecomm.ops import QUANT_KINDS, RouteLayout, capacity_from_factor, drop_budget, quantized_row_bytes
+from moecomm.ops import QUANT_KINDS, RouteLayout, capacity_from_factor, drop_budget, wire_format, wire_row_bytes
 
 _LAYOUT_TENSORS = ("topk_ids", "tokens_per_expert", "tokens_per_rank", "row_of_pair")
 
@@ -123,6 +124,10 @@ unpack_padded = _bridged(torch_ops.unpack_padded, tensors=("buffer", "counts"), 
 regroup_blocks = _bridged(torch_ops.regroup_blocks, tensors=("rows", "block_rows"), optional=("out",))
 quantize_rows = _bridged(torch_ops.quantize_rows, tensors=("x",), optional=("out", "out_scales"))
 dequantize_rows = _bridged(torch_ops.dequantize_rows, tensors=("q", "scales"), optional=("out",), dtypes=("dtype",))
+quantize_to_wire = _bridged(torch_ops.quantize_to_wire, tensors=("x",), optional=("out",), layouts=("layout",))
+dequantize_from_wire = _bridged(
+    torch_ops.dequantize_from_wire, tensors=("wire",), optional=("out",), layouts=("layout",), dtypes=("dtype",)
+)
 capacity_for_ratio = _bridged(torch_ops.capacity_for_ratio, tensors=("loads",))
 
 __all__ = [
@@ -139,6 +144,9 @@ __all__ = [
     "drop_budget",
     "quantize_rows",
     "dequantize_rows",
-    "quantized_row_bytes",
+    "quantize_to_wire",
+    "dequantize_from_wire",
+    "wire_format",
+    "wire_row_bytes",
     "QUANT_KINDS",
 ]
