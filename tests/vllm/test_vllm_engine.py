@@ -32,19 +32,19 @@ def models(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def runs(models, tmp_path_factory):
-    """Memoised driver runs: (arch, tp, ep, moecomm settings) -> (result, log)."""
+    """Memoised driver runs: (arch, tp, ep, moecomm settings, other top-level keys) -> (result, log)."""
     cache: dict = {}
     out_dir = tmp_path_factory.mktemp("runs")
 
-    def run(arch: str, tp: int, ep: bool, moecomm: dict | None = None):
-        key = (arch, tp, ep, repr(moecomm))
+    def run(arch: str, tp: int, ep: bool, moecomm: dict | None = None, top_level: dict | None = None):
+        key = (arch, tp, ep, repr(moecomm), repr(top_level))
         if key not in cache:
             spec = {
                 "model": models[arch],
                 "tp": tp,
                 "ep": ep,
                 "prompts": prompts(),
-                "additional_config": {"moecomm": moecomm} if moecomm is not None else {},
+                "additional_config": ({"moecomm": moecomm} if moecomm is not None else {}) | (top_level or {}),
                 "out": str(out_dir / f"run{len(cache)}.json"),
                 "max_tokens": 2,
             }
@@ -80,13 +80,25 @@ def test_vllm_tp1_moecomm_equals_in_tree(runs, arch):
     assert_same_logprobs(through_moecomm, in_tree)
 
 
-def test_vllm_tp2_expert_parallel_equals_dense_reference(runs):
-    dense, _ = runs("mixtral", tp=1, ep=False)  # one process, all experts, vLLM's own MoE kernel
-    result, log = runs("mixtral", tp=2, ep=True, moecomm={"dispatcher": "alltoallv", "log_stats_every": 1})
-    assert "EP rank 0/2" in log and "EP rank 1/2" in log
+@pytest.mark.parametrize("arch", ["mixtral", "qwen3_moe"])
+@pytest.mark.parametrize("expert_parallel", [1, 2])
+def test_vllm_tp2_expert_parallel_layouts_equal_dense_reference(runs, arch, expert_parallel):
+    """TP=2: EP degree 2 (each rank 4 whole experts) and 1 (each rank half of all 8: MoE tensor parallel)."""
+    dense, _ = runs(arch, tp=1, ep=False)  # one process, all experts, vLLM's own MoE kernel
+    settings = {"dispatcher": "alltoallv", "log_stats_every": 1}
+    where = {"expert_parallel": expert_parallel} if arch == "mixtral" else {}  # both places the key is read
+    moecomm = settings | ({} if where else {"expert_parallel": expert_parallel})
+    result, log = runs(arch, tp=2, ep=True, moecomm=moecomm, top_level=where)
+    moe_tp = 2 // expert_parallel
+    layout = f"EP degree {expert_parallel}, MoE-TP degree {moe_tp}, {8 // expert_parallel} local experts of 8"
+    assert log.count(layout) == 2, log[-4000:]  # once per worker
+    for rank in range(2):
+        assert f"EP rank {rank // moe_tp}/{expert_parallel} (MoE-TP {rank % moe_tp}/{moe_tp}" in log
     assert all(len(r["generated"]) == 2 for r in result)
     assert "moecomm drop stats" in log and "dropped share 0.0000" in log
     assert_same_logprobs(result, dense)
+    dense_tokens = [r["generated"] for r in dense]
+    assert [r["generated"] for r in result] == dense_tokens
 
 
 def _drop_shares(log: str) -> list[float]:

@@ -10,6 +10,10 @@ With it, each forward of a layer (``apply``) does, on every EP rank:
    ``w2_weight`` (vLLM keeps only this rank's experts: ``[E_local, 2I, H]`` and ``[E_local, H, I]``);
 4. ``combine`` back to the slice's tokens and all-gather the slices over the TP group.
 
+With ``"expert_parallel": N`` below TP x DP (see :mod:`.layout`), dispatch runs over an EP group of N ranks and
+the M = TP x DP / N ranks of an expert block each hold a slice of its experts: between steps 1 and 2 they
+pool their tokens, and after step 4's combine they sum their partial outputs (:mod:`.moe_tp`).
+
 The output is then complete on every rank, so the method tells vLLM's MoE runner not to all-reduce it again
 (:class:`ReducedOutputMarker`). The CPU backend's weight prepacking is skipped: moecomm needs the plain layout.
 """
@@ -25,7 +29,10 @@ from vllm.model_executor.layers.fused_moe.config import FusedMoEConfig
 from vllm.model_executor.layers.fused_moe.fused_moe_method_base import FusedMoEMethodBase
 from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import UnquantizedFusedMoEMethod
 
+from moecomm.comm.transports.base import Transport
 from moecomm.integrations.vllm.forward import ep_moe_forward
+from moecomm.integrations.vllm.layout import MoELayout
+from moecomm.integrations.vllm.moe_groups import moe_layout_groups
 from moecomm.integrations.vllm.settings import parse_plugin_config
 from moecomm.integrations.vllm.stats_log import DropStatsLog, logger, process_stats_log
 
@@ -96,6 +103,7 @@ class MoeCommFusedMoEMethod(UnquantizedFusedMoEMethod):
         self._dispatcher = None
         self._tp_group: dist.ProcessGroup | None = None
         self._tp_rank, self._tp_size = 0, 1
+        self._inner: Transport | None = None
         self._stats_log: DropStatsLog | None = None
 
     @staticmethod
@@ -139,20 +147,33 @@ class MoeCommFusedMoEMethod(UnquantizedFusedMoEMethod):
         from vllm.distributed import get_ep_group, get_tp_group
 
         from moecomm import make_dispatcher
+        from moecomm.comm.transports.torch_dist import TorchTransport
 
         parallel = self.moe.moe_parallel_config
         ep_group = get_ep_group()
-        ep_size, ep_rank = ep_group.world_size, ep_group.rank_in_group
+        # vLLM's EP group spans all TP x DP ranks; the layout may split them into EP groups and MoE-TP groups.
+        layout = MoELayout(
+            flat_rank=parallel.ep_rank * parallel.tp_size + parallel.tp_rank,
+            flat_size=parallel.ep_size * parallel.tp_size,
+            ep_size=parallel.ep_size,
+        )
+        if (layout.flat_rank, layout.flat_size) != (ep_group.rank_in_group, ep_group.world_size):
+            raise RuntimeError(
+                f"moecomm vLLM plugin: layer {layer.layer_name}: the MoE layout puts this rank at {layout.flat_rank} "
+                f"of {layout.flat_size} but vLLM's EP group at {ep_group.rank_in_group} of {ep_group.world_size}"
+            )
         num_experts = self.moe.num_experts
         num_local = layer.w13_weight.shape[0]
-        if num_local * ep_size != num_experts:
+        if num_local * layout.ep_size != num_experts:
             raise ValueError(
-                f"moecomm vLLM plugin: layer {layer.layer_name} holds {num_local} experts on each of {ep_size} "
-                f"EP ranks but the model has {num_experts}; moecomm needs the experts split evenly"
+                f"moecomm vLLM plugin: layer {layer.layer_name} holds {num_local} experts on each of "
+                f"{layout.ep_size} EP ranks but the model has {num_experts}; moecomm needs the experts split evenly"
             )
-        self._check_expert_placement(layer, ep_rank, num_local)
-        group = ep_group.device_group if ep_size > 1 else None
-        self._dispatcher = make_dispatcher(self.moecomm_config, num_experts=num_experts, group=group)
+        self._check_expert_placement(layer, layout.ep_rank, num_local)
+        dispatch_group, inner_group = moe_layout_groups(ep_group, layout, self.moecomm_config.timeout_s)
+        self._dispatcher = make_dispatcher(self.moecomm_config, num_experts=num_experts, group=dispatch_group)
+        if inner_group is not None:
+            self._inner = TorchTransport(inner_group, self.moecomm_config.timeout_s, owner="moecomm vLLM MoE-TP")
         tp_group = get_tp_group()
         self._tp_size, self._tp_rank = tp_group.world_size, tp_group.rank_in_group
         self._tp_group = tp_group.device_group if self._tp_size > 1 else None
@@ -160,13 +181,14 @@ class MoeCommFusedMoEMethod(UnquantizedFusedMoEMethod):
         # reduce_results=False sums the output itself, so there every rank returns its slice zero-padded.
         self._gather_output = self._tp_size > 1 and not self.moe.skip_final_all_reduce
         self.moe_kernel = ReducedOutputMarker() if self._gather_output else None
-        self._stats_log = process_stats_log(self.moecomm_config.log_stats_every, rank=ep_rank)
+        self._stats_log = process_stats_log(self.moecomm_config.log_stats_every, rank=layout.flat_rank)
         log_once(
             "active",
-            f"moecomm: MoE expert parallel through moecomm on EP rank {ep_rank}/{ep_size} "
-            f"(TP {self._tp_rank}/{self._tp_size}, DP {parallel.dp_rank}/{parallel.dp_size}, "
-            f"{num_local} local experts of {num_experts}); {self._dispatcher.transport.name} transport "
-            f"({self._dispatcher.transport.chosen_because}); config {self.moecomm_config.to_dict()}",
+            f"moecomm: MoE expert parallel through moecomm on EP rank {layout.ep_rank}/{layout.ep_size} "
+            f"(MoE-TP {layout.moe_tp_rank}/{layout.moe_tp_size}, TP {self._tp_rank}/{self._tp_size}, "
+            f"DP {parallel.dp_rank}/{parallel.dp_size}); {layout.describe(num_local, num_experts)}; "
+            f"{self._dispatcher.transport.name} transport ({self._dispatcher.transport.chosen_because}); "
+            f"config {self.moecomm_config.to_dict()}",
         )
 
     @staticmethod
@@ -220,6 +242,7 @@ class MoeCommFusedMoEMethod(UnquantizedFusedMoEMethod):
             tp_size=self._tp_size,
             tp_group=self._tp_group,
             gather=self._gather_output,
+            inner=self._inner,
         )
         self._stats_log.record(layer.layer_name, handle.stats)
         return out
