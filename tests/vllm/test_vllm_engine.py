@@ -14,7 +14,14 @@ import pytest
 if importlib.util.find_spec("vllm") is None:
     pytest.skip("vllm is not installed", allow_module_level=True)
 
-from vllm_procs import free_port, run_bounded, run_driver, serve_one_completion, server_cmd  # noqa: E402
+from vllm_procs import (  # noqa: E402
+    free_port,
+    run_bounded,
+    run_dp_engines,
+    run_driver,
+    serve_one_completion,
+    server_cmd,
+)
 from vllm_tiny_models import prompts, write_tiny_moe  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -99,6 +106,43 @@ def test_vllm_tp2_expert_parallel_layouts_equal_dense_reference(runs, arch, expe
     assert_same_logprobs(result, dense)
     dense_tokens = [r["generated"] for r in dense]
     assert [r["generated"] for r in result] == dense_tokens
+
+
+@pytest.mark.parametrize("expert_parallel", [None, 1])
+def test_vllm_dp2_offline_all_busy_equals_dense_reference(runs, models, tmp_path, expert_parallel):
+    """vLLM's offline data parallel (one process per DP rank), both ranks busy: EP 2 (default) and MoE-TP 2."""
+    dense, _ = runs("mixtral", tp=1, ep=False)
+    additional = {"moecomm": {"dispatcher": "alltoallv", "log_stats_every": 1}}
+    if expert_parallel is not None:
+        additional["expert_parallel"] = expert_parallel
+    spec = {"model": models["mixtral"], "ep": True, "additional_config": additional, "max_tokens": 2}
+    ps = prompts()
+    per_rank, log = run_dp_engines(spec, [ps[0::2], ps[1::2]], str(tmp_path), timeout_s=400)
+    ep_size = expert_parallel or 2
+    layout = f"EP degree {ep_size}, MoE-TP degree {2 // ep_size}, {8 // ep_size} local experts of 8"
+    assert log.count(layout) == 2 and "DP 0/2" in log and "DP 1/2" in log, log[-4000:]
+    assert "moecomm drop stats" in log
+    generated = {0: per_rank[0][0], 2: per_rank[0][1], 1: per_rank[1][0]}
+    for i, result in generated.items():
+        assert result["generated"] == dense[i]["generated"], (i, result, dense[i]["generated"])
+
+
+def test_vllm_serve_dp2_one_busy_one_idle_equals_dense_reference(runs, models):
+    """``--data-parallel-size 2``: one request, so one DP engine serves it while the other runs vLLM's dummy
+    batches, whose MoE layers join every step with zero tokens (padding rows are not dispatched)."""
+    dense, _ = runs("mixtral", tp=1, ep=False)
+    port = free_port()
+    settings = {"moecomm": {"dispatcher": "alltoallv", "log_stats_every": 1}}
+    body = {"model": models["mixtral"], "prompt": prompts()[0], "max_tokens": 2, "temperature": 0}
+    response, log = serve_one_completion(
+        server_cmd(models["mixtral"], port, tp=1, dp=2, additional_config=settings),
+        port,
+        body | {"return_token_ids": True},
+        timeout_s=400,
+        env=dict(os.environ, VLLM_CPU_OMP_THREADS_BIND="0|1"),
+    )
+    assert "DP 0/2" in log and "DP 1/2" in log and log.count("EP degree 2, MoE-TP degree 1") == 2, log[-4000:]
+    assert response["choices"][0]["token_ids"] == dense[0]["generated"]
 
 
 def _drop_shares(log: str) -> list[float]:

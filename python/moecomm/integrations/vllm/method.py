@@ -74,6 +74,28 @@ class ReducedOutputMarker:
         return True
 
 
+def real_token_count(num_rows: int) -> int:
+    """How many of a layer's ``num_rows`` input rows are real tokens (the rest: vLLM's padding).
+
+    With data parallel, vLLM pads every DP rank's batch to the same size and runs dummy batches (all padding)
+    on idle DP ranks; ``ForwardContext.is_padding`` marks those rows (a suffix). Their activations are not
+    tokens (they can hold NaN router weights), so the plugin dispatches only the real rows: an idle rank
+    joins the step with zero tokens.
+    """
+    from vllm.forward_context import get_forward_context, is_forward_context_available
+
+    padding = get_forward_context().is_padding if is_forward_context_available() else None
+    if padding is None:
+        return num_rows
+    padding = padding[:num_rows].cpu()
+    num_real = num_rows - int(padding.sum())
+    if bool(padding[:num_real].any()):
+        raise RuntimeError(
+            "moecomm vLLM plugin: ForwardContext.is_padding marks padding rows that are not a suffix of the batch"
+        )
+    return num_real
+
+
 class MoeCommFusedMoEMethod(UnquantizedFusedMoEMethod):
     """``UnquantizedFusedMoEMethod`` whose expert parallel goes through moecomm (see the module docstring).
 
@@ -218,7 +240,8 @@ class MoeCommFusedMoEMethod(UnquantizedFusedMoEMethod):
 
         Args:
             layer: vLLM's ``RoutedExperts`` (holds ``w13_weight [E_local, 2I, H]``, ``w2_weight [E_local, H, I]``).
-            x: ``[T, H]`` activations (float32/bfloat16/float16), the same on every TP rank of a DP rank.
+            x: ``[T, H]`` activations (float32/bfloat16/float16), the same on every TP rank of a DP rank; rows
+                vLLM marks as padding are not dispatched (see :func:`real_token_count`) and come back as zeros.
             topk_weights: ``[T, K]`` float32 router weights.
             topk_ids: ``[T, K]`` int32/int64 global expert ids.
             shared_experts, shared_experts_input: unused here (vLLM's runner runs shared experts itself).
@@ -231,11 +254,13 @@ class MoeCommFusedMoEMethod(UnquantizedFusedMoEMethod):
             return super().apply(layer, x, topk_weights, topk_ids, shared_experts, shared_experts_input)
         if self._dispatcher is None:
             raise RuntimeError("moecomm vLLM plugin: apply() before process_weights_after_loading()")
+        num_rows = x.shape[0]
+        num_real = real_token_count(num_rows)
         out, handle = ep_moe_forward(
             self._dispatcher,
-            x,
-            topk_ids,
-            topk_weights,
+            x[:num_real],
+            topk_ids[:num_real],
+            topk_weights[:num_real],
             layer.w13_weight,
             layer.w2_weight,
             tp_rank=self._tp_rank,
@@ -245,4 +270,6 @@ class MoeCommFusedMoEMethod(UnquantizedFusedMoEMethod):
             inner=self._inner,
         )
         self._stats_log.record(layer.layer_name, handle.stats)
+        if num_real < num_rows:  # padding rows: not real tokens, their output is never read
+            out = torch.cat([out, out.new_zeros(num_rows - num_real, out.shape[1])])
         return out
