@@ -7,7 +7,9 @@ Outputs are compared as prompt logprobs (log-softmax of the logits), not sampled
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import sys
 
 import pytest
 
@@ -15,6 +17,7 @@ if importlib.util.find_spec("vllm") is None:
     pytest.skip("vllm is not installed", allow_module_level=True)
 
 from vllm_procs import (  # noqa: E402
+    HERE,
     free_port,
     run_bounded,
     run_dp_engines,
@@ -177,3 +180,19 @@ def test_vllm_serve_bad_additional_config_exits_with_message(models):
         "key \"moecomm\": dispatcher: expected one of 'alltoallv', 'alltoallv-pairs', 'alltoall', 'allgather', got 'alltoallx'"
         in log
     )
+
+
+def test_vllm_bad_expert_parallel_stops_startup_before_workers(models, tmp_path):
+    """TP=2, ``expert_parallel`` 3: refused while the engine config is built, before any worker process starts."""
+    spec = {
+        "model": models["mixtral"],
+        "tp": 2,
+        "ep": True,
+        "prompts": prompts(1),
+        "additional_config": {"expert_parallel": 3, "moecomm": {"dispatcher": "alltoallv"}},
+        "out": str(tmp_path / "never.json"),
+    }
+    code, log = run_bounded([sys.executable, os.path.join(HERE, "vllm_driver.py"), json.dumps(spec)], timeout_s=300)
+    assert code != 0
+    assert 'key "expert_parallel": the EP degree 3 must divide TP x DP = 2' in log, log[-4000:]
+    assert "Worker" not in log and "EngineCore" not in log  # no engine process, no worker, no weights loaded

@@ -6,6 +6,7 @@ import importlib.util
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 if importlib.util.find_spec("vllm") is None:
     pytest.skip("vllm is not installed", allow_module_level=True)
@@ -116,3 +117,23 @@ def test_vllm_startup_check_refuses_bad_settings_and_conflicts():
         check_settings(_vllm_config({"expert_parallel": 1}, tp=2, pipeline_parallel_size=2))
     with pytest.raises(PluginConfigError, match="enable-eplb"):
         check_settings(_vllm_config({"expert_parallel": 1}, tp=2, enable_eplb=True))
+
+
+def test_vllm_real_token_count_skips_vllm_padding(monkeypatch):
+    import vllm.forward_context as fc
+
+    from moecomm.integrations.vllm.method import real_token_count
+
+    context = SimpleNamespace(is_padding=None)
+    monkeypatch.setattr(fc, "is_forward_context_available", lambda: True)
+    monkeypatch.setattr(fc, "get_forward_context", lambda: context)
+    assert real_token_count(5) == 5  # no mask: every row is a token
+    context.is_padding = torch.tensor([False, False, False, True, True, True, True])  # buffer longer than the batch
+    assert real_token_count(5) == 3
+    context.is_padding = torch.ones(4, dtype=torch.bool)  # an idle DP rank's dummy batch
+    assert real_token_count(4) == 0
+    context.is_padding = torch.tensor([False, True, False])
+    with pytest.raises(RuntimeError, match="suffix"):
+        real_token_count(3)
+    monkeypatch.setattr(fc, "is_forward_context_available", lambda: False)
+    assert real_token_count(3) == 3

@@ -38,7 +38,9 @@ def _expert_slice(layout) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([gate, up], dim=1).contiguous(), w2[experts][:, :, cols].contiguous()
 
 
-def _rank(rank: int, world_size: int, shape: str, ep_size: int, dispatcher: str) -> list[torch.Tensor]:
+def _rank(
+    rank: int, world_size: int, shape: str, ep_size: int, dispatcher: str, drop_ratio: float = 0.0
+) -> list[torch.Tensor]:
     import torch.distributed as dist
 
     from moecomm import MoECommConfig, make_dispatcher
@@ -52,15 +54,16 @@ def _rank(rank: int, world_size: int, shape: str, ep_size: int, dispatcher: str)
     dispatch_group, inner_group = moe_layout_groups(vllm_ep_group, layout, timeout_s=60)
     assert (dispatch_group is None) == (ep_size == 1) and inner_group is not None
     assert dist.get_world_size(inner_group) == layout.moe_tp_size
-    disp = make_dispatcher(MoECommConfig(dispatcher=dispatcher, max_tokens_per_rank=16), EXPERTS, dispatch_group)
+    config = MoECommConfig(dispatcher=dispatcher, max_tokens_per_rank=16, token_drop_ratio=drop_ratio)
+    disp = make_dispatcher(config, EXPERTS, dispatch_group)
     inner = TorchTransport(inner_group, 60.0, owner="test MoE-TP")
     w13, w2 = _expert_slice(layout)
     if shape == "tp":
         x, ids, w = _tokens(7, seed=0)
-        out, _ = ep_moe_forward(
+        out, handle = ep_moe_forward(
             disp, x, ids, w, w13, w2, tp_rank=rank, tp_size=world_size, tp_group=dist.group.WORLD, inner=inner
         )
-        return [out]
+        return [out, torch.tensor(handle.stats.dropped_pairs)]
     outs = []
     for step in range(2):  # two steps: the groups and buffers are reused
         x, ids, w = _tokens(DP_TOKENS[rank], seed=10 * step + rank)
@@ -71,8 +74,26 @@ def _rank(rank: int, world_size: int, shape: str, ep_size: int, dispatcher: str)
 @pytest.mark.parametrize("dispatcher", ["alltoallv", "allgather"])
 def test_vllm_moe_tp_tp2_ep1_equals_dense(dispatcher):
     expected = dense_moe(*_tokens(7, seed=0))
-    for (out,) in run_local(_rank, 2, "tp", 1, dispatcher, timeout_s=120):
+    for out, dropped in run_local(_rank, 2, "tp", 1, dispatcher, timeout_s=120):
         torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+        assert int(dropped) == 0
+
+
+def test_vllm_moe_tp_drops_the_same_pairs_in_every_slice():
+    """With a drop ratio, both expert slices must drop the same pairs: the output equals one process running
+    the same step (same tokens, same config, whole experts), and the drop statistics match it."""
+    from moecomm import MoECommConfig, make_dispatcher
+    from moecomm.comm.moe_step import run_moe_step
+    from moecomm.layer.experts import swiglu_experts
+
+    x, ids, w = _tokens(7, seed=0)
+    w13, w2 = _weights()
+    single = make_dispatcher(MoECommConfig(token_drop_ratio=0.3), EXPERTS, None)
+    expected, handle = run_moe_step(single, x, ids, w, lambda ex, counts: swiglu_experts(ex, counts, w13, w2))
+    assert handle.stats.dropped_pairs > 0
+    for out, dropped in run_local(_rank, 2, "tp", 1, "alltoallv", 0.3, timeout_s=120):
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+        assert int(dropped) == handle.stats.dropped_pairs
 
 
 def test_vllm_moe_tp_dp4_ep2_with_an_idle_rank_equals_dense():
