@@ -5,57 +5,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 
-from moecomm.testing.procs import kill_process_group
+from moecomm.testing.procs import engine_env, free_port, kill_process_group
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-SHM_DIR = "/dev/shm"
-
-
-@contextlib.contextmanager
-def engine_env(env: dict | None = None) -> Iterator[dict]:
-    """``env`` (default: this process's) with TMPDIR set to a fresh directory for vLLM engines to run in.
-
-    A vLLM CPU engine names its shared-memory segments ``/dev/shm/vllm_dist_<id>-...`` after the file store
-    ``$TMPDIR/vllm_dist_<id>`` it creates (and deletes at shutdown), and leaves the segments behind when its
-    workers are killed. A thread notes the stores while the engines run; on exit this removes their segments
-    (only those: other engines on the machine keep theirs), then the directory.
-    """
-    tmp = tempfile.mkdtemp(prefix="moecomm-vllm-")
-    stores: set[str] = set()
-    stop = threading.Event()
-
-    def note_stores() -> None:
-        while not stop.wait(0.5):
-            with contextlib.suppress(FileNotFoundError):
-                stores.update(name for name in os.listdir(tmp) if name.startswith("vllm_dist_"))
-
-    watcher = threading.Thread(target=note_stores, daemon=True)
-    watcher.start()
-    try:
-        yield dict(env if env is not None else os.environ, TMPDIR=tmp)
-    finally:
-        stop.set()
-        watcher.join()
-        stores.update(name for name in os.listdir(tmp) if name.startswith("vllm_dist_"))
-        if stores and os.path.isdir(SHM_DIR):
-            for name in os.listdir(SHM_DIR):
-                if any(name.startswith(store + "-") for store in stores):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.remove(os.path.join(SHM_DIR, name))
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run_bounded(cmd: list[str], timeout_s: float, env: dict | None = None) -> tuple[int, str]:
@@ -84,12 +43,6 @@ def run_driver(spec: dict, timeout_s: float = 300) -> tuple[list, str]:
     assert code == 0 and "DRIVER_DONE" in log, f"driver failed (exit {code}); log tail:\n{log[-6000:]}"
     with open(spec["out"]) as f:
         return json.load(f), log
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def server_cmd(model: str, port: int, tp: int, additional_config: dict, dp: int = 1) -> list[str]:
@@ -193,7 +146,9 @@ def run_dp_engines(spec: dict, prompts_per_rank: list[list], out_dir: str, timeo
             logs.append(stack.enter_context(open(os.path.join(out_dir, f"dp{rank}.log"), "w+")))
             env = stack.enter_context(engine_env())
             cmd = [sys.executable, os.path.join(HERE, "vllm_dp_driver.py"), json.dumps(rank_spec)]
-            procs.append(subprocess.Popen(cmd, stdout=logs[-1], stderr=subprocess.STDOUT, start_new_session=True, env=env))
+            procs.append(
+                subprocess.Popen(cmd, stdout=logs[-1], stderr=subprocess.STDOUT, start_new_session=True, env=env)
+            )
             stack.callback(kill_process_group, procs[-1])
         codes = []
         for proc in procs:
