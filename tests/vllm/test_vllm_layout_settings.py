@@ -137,3 +137,21 @@ def test_vllm_real_token_count_skips_vllm_padding(monkeypatch):
         real_token_count(3)
     monkeypatch.setattr(fc, "is_forward_context_available", lambda: False)
     assert real_token_count(3) == 3
+
+
+@given(num_tokens=st.integers(0, 30), tp_size=st.sampled_from([1, 2, 4, 6]), data=st.data())
+@settings(max_examples=60, deadline=None)
+def test_vllm_tp_group_tokens_are_the_members_slices(num_tokens, tp_size, data):
+    from moecomm.integrations.vllm.moe_tp import tp_group_tokens
+    from moecomm.integrations.vllm.ownership import token_slice
+
+    group_size = data.draw(st.sampled_from([m for m in range(1, tp_size + 1) if tp_size % m == 0]))
+    tp_rank = data.draw(st.integers(0, tp_size - 1))
+    rows, counts = tp_group_tokens(num_tokens, tp_rank, tp_size, group_size)
+    first = tp_rank // group_size * group_size
+    members = [token_slice(num_tokens, r, tp_size) for r in range(first, first + group_size)]
+    expected = torch.cat([torch.arange(num_tokens)[s] for s in members])
+    assert torch.equal(torch.arange(num_tokens)[rows], expected)
+    assert counts == [s.stop - s.start for s in members]
+    with pytest.raises(ValueError, match="group_size"):
+        tp_group_tokens(num_tokens, 0, 4, 3)

@@ -3,6 +3,7 @@ block), over gloo, vs the single-process dense computation in ``test_vllm_token_
 
 - 2 ranks as TP=2, EP degree 1: both ranks hold half of every expert; the TP slices are pooled and the
   partial sums reduced.
+- 4 ranks as TP=2 x DP=2, EP degree 2 and 1.
 - 4 ranks as DP=4 (TP=1), EP degree 2: two expert blocks, each split over two ranks; the ranks hold different
   numbers of tokens and one is idle (T = 0), as vLLM's DP dummy batch makes it.
 """
@@ -64,6 +65,14 @@ def _rank(
             disp, x, ids, w, w13, w2, tp_rank=rank, tp_size=world_size, tp_group=dist.group.WORLD, inner=inner
         )
         return [out, torch.tensor(handle.stats.dropped_pairs)]
+    if shape == "tp2xdp2":  # flat rank = dp_rank * 2 + tp_rank, as vLLM orders them
+        dp_rank, tp_rank = divmod(rank, 2)
+        tp_groups = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+        x, ids, w = _tokens(5 + dp_rank, seed=20 + dp_rank)  # the two DP ranks hold different tokens
+        out, _ = ep_moe_forward(
+            disp, x, ids, w, w13, w2, tp_rank=tp_rank, tp_size=2, tp_group=tp_groups[dp_rank], inner=inner
+        )
+        return [out]
     outs = []
     for step in range(2):  # two steps: the groups and buffers are reused
         x, ids, w = _tokens(DP_TOKENS[rank], seed=10 * step + rank)
@@ -103,3 +112,13 @@ def test_vllm_moe_tp_dp4_ep2_with_an_idle_rank_equals_dense():
             assert out.shape == (DP_TOKENS[rank], HIDDEN)
             expected = dense_moe(*_tokens(DP_TOKENS[rank], seed=10 * step + rank))
             torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("ep_size", [1, 2])
+def test_vllm_moe_tp_tp2_dp2_equals_dense(ep_size):
+    """TP=2 x DP=2: EP 2 (each expert block split over one DP rank's TP pair: tokens taken locally) and EP 1
+    (every expert split over all 4 ranks, across the DP ranks: tokens gathered)."""
+    for rank, (out,) in enumerate(run_local(_rank, 4, "tp2xdp2", ep_size, "alltoallv", timeout_s=180)):
+        dp_rank = rank // 2
+        expected = dense_moe(*_tokens(5 + dp_rank, seed=20 + dp_rank))
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)

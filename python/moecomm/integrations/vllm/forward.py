@@ -10,7 +10,7 @@ import torch.distributed as dist
 
 from moecomm.comm.moe_step import run_moe_step
 from moecomm.comm.transports.base import Transport
-from moecomm.integrations.vllm.moe_tp import gather_group_tokens, reduce_group_partials
+from moecomm.integrations.vllm.moe_tp import gather_group_tokens, reduce_group_partials, tp_group_tokens
 from moecomm.integrations.vllm.ownership import gather_token_slices, token_slice
 from moecomm.layer.experts import swiglu_experts
 
@@ -47,6 +47,8 @@ def ep_moe_forward(
             slice in place, zeros elsewhere (for a caller that all-reduces the output itself).
         inner: with MoE tensor parallel, a transport over the M ranks holding slices of the same experts (see
             :mod:`.moe_tp`): their tokens are dispatched together and the partial sums reduced; None when M = 1.
+            When M divides ``tp_size`` the inner group lies inside the TP group (vLLM's rank order), and the
+            pooled tokens are taken from ``x`` without a gather.
 
     Returns:
         (``[T, H]`` output in x's dtype, the dispatch handle whose ``stats`` hold the step's drop statistics).
@@ -55,7 +57,10 @@ def ep_moe_forward(
     owned = token_slice(num_tokens, tp_rank, tp_size)
     tokens = (x[owned], topk_ids[owned], topk_weights[owned])
     split = inner is not None and inner.world_size > 1
-    if split:
+    if split and tp_size % inner.world_size == 0:
+        rows, counts = tp_group_tokens(num_tokens, tp_rank, tp_size, inner.world_size)
+        tokens = (x[rows], topk_ids[rows], topk_weights[rows])
+    elif split:
         *tokens, counts = gather_group_tokens(inner, *tokens)
     local_out, handle = run_moe_step(
         dispatcher,

@@ -12,8 +12,26 @@ import torch
 
 from moecomm.checks import ACTIVATION_DTYPES, check_tensor
 from moecomm.comm.transports.base import Transport
+from moecomm.integrations.vllm.ownership import token_slice
 
 PHASE = "moe-tp"
+
+
+def tp_group_tokens(num_tokens: int, tp_rank: int, tp_size: int, group_size: int) -> tuple[slice, list[int]]:
+    """The inner group's tokens when it lies inside one DP rank's TP group (``group_size`` divides ``tp_size``).
+
+    Every TP rank holds the same ``num_tokens`` rows and owns :func:`~.ownership.token_slice` of them; the
+    inner group of ``tp_rank`` is TP ranks ``[k*M, (k+1)*M)``, ``k = tp_rank // M``, so its pooled tokens are
+    the rows its members own, one contiguous range: no gather needed.
+
+    Returns:
+        (that range of rows, the M members' token counts in rank order, as :func:`gather_group_tokens` gives).
+    """
+    if group_size < 1 or tp_size % group_size:
+        raise ValueError(f"group_size: expected a divisor of tp_size {tp_size}, got {group_size}")
+    first = tp_rank // group_size * group_size
+    owned = [token_slice(num_tokens, r, tp_size) for r in range(first, first + group_size)]
+    return slice(owned[0].start, owned[-1].stop), [s.stop - s.start for s in owned]
 
 
 def gather_group_tokens(
