@@ -103,12 +103,17 @@ def _vllm_config(additional: dict, tp: int = 2, dp: int = 1, ep: bool = True, **
         enable_eplb=False,
         enable_ep_weight_filter=False,
     )
-    return SimpleNamespace(parallel_config=SimpleNamespace(**(values | parallel)), additional_config=additional)
+    return SimpleNamespace(
+        parallel_config=SimpleNamespace(**(values | parallel)),
+        additional_config=additional,
+        scheduler_config=SimpleNamespace(max_num_batched_tokens=256),
+    )
 
 
 def test_vllm_startup_check_refuses_bad_settings_and_conflicts():
     check_settings(_vllm_config({"expert_parallel": 2}, tp=2, dp=2))  # fine: EP 2 x MoE-TP 2
     check_settings(_vllm_config({"expert_parallel": 1}, tp=2, pipeline_parallel_size=2, ep=False))  # inactive
+    check_settings(_vllm_config({"expert_parallel": 1, "moecomm": {"dispatcher": "alltoall"}}))  # bound by default
     with pytest.raises(PluginConfigError, match='"expert_parallel".*EP degree 3.*TP x DP = 4'):
         check_settings(_vllm_config({"expert_parallel": 3}, tp=2, dp=2))
     with pytest.raises(PluginConfigError, match='"moecomm": dispatcher'):
@@ -155,3 +160,17 @@ def test_vllm_tp_group_tokens_are_the_members_slices(num_tokens, tp_size, data):
     assert counts == [s.stop - s.start for s in members]
     with pytest.raises(ValueError, match="group_size"):
         tp_group_tokens(num_tokens, 0, 4, 3)
+
+
+@given(max_tokens=st.integers(1, 40), tp_size=st.sampled_from([1, 2, 4]), data=st.data())
+@settings(max_examples=40, deadline=None)
+def test_vllm_dispatch_token_bound_covers_every_pooled_batch(max_tokens, tp_size, data):
+    from moecomm.integrations.vllm.layout import dispatch_token_bound
+    from moecomm.integrations.vllm.moe_tp import tp_group_tokens
+
+    moe_tp = data.draw(st.sampled_from([m for m in range(1, tp_size + 1) if tp_size % m == 0]))
+    bound = dispatch_token_bound(max_tokens, tp_size, moe_tp)
+    largest = max(sum(tp_group_tokens(t, r, tp_size, moe_tp)[1]) for t in range(max_tokens + 1) for r in range(tp_size))
+    assert largest <= bound
+    if max_tokens % tp_size == 0:  # full slices: the bound is reached, so it is the smallest that works
+        assert largest == bound

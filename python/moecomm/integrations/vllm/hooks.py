@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from moecomm.integrations.vllm.layout import MoELayout
+from moecomm.integrations.vllm.layout import MoELayout, dispatch_token_bound
 from moecomm.integrations.vllm.settings import PluginConfigError, parse_expert_parallel, parse_plugin_config
 
 _WRAPPED = "_moecomm_wrapped"
@@ -40,9 +40,13 @@ def check_settings(vllm_config: Any) -> None:
     """
     parallel = vllm_config.parallel_config
     additional = vllm_config.additional_config
-    parse_plugin_config(additional)
     world = moe_world_size(parallel)
     ep_size = parse_expert_parallel(additional, world)
+    tokens = vllm_config.scheduler_config.max_num_batched_tokens
+    parse_plugin_config(
+        additional,
+        default_max_tokens_per_rank=dispatch_token_bound(tokens, parallel.tensor_parallel_size, world // ep_size),
+    )
     if ep_size == world or not parallel.enable_expert_parallel:
         return
     conflicts = []

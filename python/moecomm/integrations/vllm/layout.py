@@ -59,3 +59,12 @@ class MoELayout:
             f"EP degree {self.ep_size}, MoE-TP degree {self.moe_tp_size}, "
             f"{num_local_experts} local experts of {num_experts}"
         )
+
+
+def dispatch_token_bound(max_num_batched_tokens: int, tp_size: int, moe_tp_size: int) -> int:
+    """The most tokens one rank dispatches in a step: its TP slice of a full batch (``ceil(T / TP)``) pooled
+    with those of its ``moe_tp_size`` - 1 inner-group peers (the ``alltoall`` dispatcher's default bound)."""
+    check_positive_int("max_num_batched_tokens", max_num_batched_tokens)
+    check_positive_int("tp_size", tp_size)
+    check_positive_int("moe_tp_size", moe_tp_size)
+    return -(-max_num_batched_tokens // tp_size) * moe_tp_size

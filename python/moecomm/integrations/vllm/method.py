@@ -31,7 +31,7 @@ from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import Un
 
 from moecomm.comm.transports.base import Transport
 from moecomm.integrations.vllm.forward import ep_moe_forward
-from moecomm.integrations.vllm.layout import MoELayout
+from moecomm.integrations.vllm.layout import MoELayout, dispatch_token_bound
 from moecomm.integrations.vllm.moe_groups import moe_layout_groups
 from moecomm.integrations.vllm.settings import parse_plugin_config
 from moecomm.integrations.vllm.stats_log import DropStatsLog, logger, process_stats_log
@@ -108,10 +108,11 @@ class MoeCommFusedMoEMethod(UnquantizedFusedMoEMethod):
         vllm_config = get_current_vllm_config()
         parallel = vllm_config.parallel_config
         tokens = vllm_config.scheduler_config.max_num_batched_tokens
-        tp_size = parallel.tensor_parallel_size
+        moe_tp_size = moe.moe_parallel_config.tp_size if moe.moe_parallel_config.use_ep else 1
         # Validate even when inactive: a bad --additional-config must stop startup either way.
         self.moecomm_config = parse_plugin_config(
-            vllm_config.additional_config, default_max_tokens_per_rank=-(-tokens // tp_size)
+            vllm_config.additional_config,
+            default_max_tokens_per_rank=dispatch_token_bound(tokens, parallel.tensor_parallel_size, moe_tp_size),
         )
         self.moecomm_active = bool(parallel.enable_expert_parallel)
         if not self.moecomm_active:
