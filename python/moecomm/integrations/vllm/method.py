@@ -240,7 +240,8 @@ class MoeCommFusedMoEMethod(UnquantizedFusedMoEMethod):
         """The routed experts' output for this rank's tokens.
 
         Args:
-            layer: vLLM's ``RoutedExperts`` (holds ``w13_weight [E_local, 2I, H]``, ``w2_weight [E_local, H, I]``).
+            layer: vLLM's ``RoutedExperts`` (holds ``w13_weight [E_local, 2I/M, H]``, ``w2_weight [E_local, H, I/M]``;
+                M: the MoE-TP degree, 1 unless ``expert_parallel`` < TP x DP).
             x: ``[T, H]`` activations (float32/bfloat16/float16), the same on every TP rank of a DP rank; rows
                 vLLM marks as padding are not dispatched (see :func:`real_token_count`) and come back as zeros.
             topk_weights: ``[T, K]`` float32 router weights.
