@@ -14,10 +14,12 @@ from hypothesis import strategies as st
 from moecomm.bench import vllm_throughput
 from moecomm.bench.vllm_throughput import (
     VllmBenchConfig,
+    additional_config,
     case_settings,
     drop_stats_from_log,
     make_prompts,
     max_model_len,
+    merge_dp_results,
     summarise,
     write_mixtral_checkpoint,
 )
@@ -146,15 +148,34 @@ def test_script_flags_reach_the_config(no_engine: list, tmp_path: Path) -> None:
     assert kwargs == {"model_dir": None, "log_dir": str(tmp_path), "progress": False}
 
 
-def test_case_settings_compare_in_tree_with_moecomm_dropless_and_dropping() -> None:
+def test_case_settings_compare_in_tree_with_moecomm_dropless_dropping_and_layouts() -> None:
     cases = case_settings(VllmBenchConfig(drop_ratio=0.2))
-    assert list(cases) == ["in-tree/tp2", "moecomm/tp2-ep2-dropless", "moecomm/tp2-ep2-drop0.2"]
+    assert list(cases) == [
+        "in-tree/tp2",
+        "moecomm/tp2-ep2-dropless",
+        "moecomm/tp2-ep2-drop0.2",
+        "moecomm/tp2-ep1-dropless",
+        "moecomm/dp2-ep2-dropless",
+    ]
     assert cases["in-tree/tp2"] == {"ep": False, "moecomm": None}
-    assert [cases[n]["moecomm"]["token_drop_ratio"] for n in list(cases)[1:]] == [0.0, 0.2]
+    assert [cases[n]["moecomm"]["token_drop_ratio"] for n in list(cases)[1:]] == [0.0, 0.2, 0.0, 0.0]
     from moecomm import MoECommConfig
+    from moecomm.integrations.vllm.settings import parse_expert_parallel, parse_plugin_config
 
     for name in list(cases)[1:]:  # the plugin must accept the settings
         assert MoECommConfig.from_dict(cases[name]["moecomm"]).dispatcher == "alltoallv"
+        assert parse_plugin_config(additional_config(cases[name])) == MoECommConfig.from_dict(cases[name]["moecomm"])
+    assert parse_expert_parallel(additional_config(cases["moecomm/tp2-ep1-dropless"]), 2) == 1
+    assert parse_expert_parallel(additional_config(cases["moecomm/tp2-ep2-dropless"]), 2) == 2
+    assert cases["moecomm/dp2-ep2-dropless"]["data_parallel"] == 2
+    assert additional_config(cases["in-tree/tp2"]) == {}
+
+
+def test_dp_results_merge_in_prompt_order_and_slowest_rank() -> None:
+    rank0 = {"samples_s": [1.0, 2.0], "startup_s": 5.0, "first_tokens": [10, 12, 14]}
+    rank1 = {"samples_s": [1.5, 1.0], "startup_s": 4.0, "first_tokens": [11, 13]}
+    merged = merge_dp_results([rank0, rank1])
+    assert merged == {"samples_s": [1.5, 2.0], "startup_s": 5.0, "first_tokens": [10, 11, 12, 13, 14]}
 
 
 @settings(max_examples=25, deadline=None)

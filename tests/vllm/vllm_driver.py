@@ -9,16 +9,16 @@ import os
 import sys
 
 
-def main(spec: dict) -> None:
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0|1" if spec["tp"] > 1 else "0")
-    from vllm import LLM, SamplingParams
+def make_llm(spec: dict):
+    """The test engine of ``spec`` (model, tp (default 1), ep, additional_config): float32, eager, small."""
+    from vllm import LLM
 
-    llm = LLM(
+    return LLM(
         model=spec["model"],
         skip_tokenizer_init=True,
         enforce_eager=True,
         dtype="float32",
-        tensor_parallel_size=spec["tp"],
+        tensor_parallel_size=spec.get("tp", 1),
         enable_expert_parallel=spec["ep"],
         additional_config=spec.get("additional_config") or {},
         max_model_len=128,
@@ -27,6 +27,13 @@ def main(spec: dict) -> None:
         kv_cache_memory_bytes=32 << 20,
         seed=0,
     )
+
+
+def main(spec: dict) -> None:
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0|1" if spec["tp"] > 1 else "0")
+    from vllm import SamplingParams
+
+    llm = make_llm(spec)
     params = SamplingParams(max_tokens=spec.get("max_tokens", 2), temperature=0, prompt_logprobs=5, detokenize=False)
     outputs = llm.generate([{"prompt_token_ids": p} for p in spec["prompts"]], params)
     result = []

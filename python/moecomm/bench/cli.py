@@ -19,7 +19,7 @@ SUBCOMMANDS = ("kernels", "dispatch", "drop", "simulate", "all")
 #: Subcommands with their own parser (not part of ``all``: minutes each): name -> module with ``main(argv)``.
 STANDALONE = {
     "layer": "moecomm.bench.layer_cli",  # EPMoE at EP=2 vs the transformers block (issue 4)
-    "vllm": "moecomm.bench.vllm_cli",  # vLLM TP=2 in-tree vs EP through moecomm, tokens/s (issue 5)
+    "vllm": "moecomm.bench.vllm_cli",  # vLLM TP=2 in-tree vs the layouts through moecomm, tokens/s (issues 5, 12)
     "quant": "moecomm.bench.quant_cli",  # quantized dispatch (int8, fp8) vs bf16 rows (issue 13)
     "mindspore": "moecomm.bench.mindspore_cli",  # MindSpore EP2 dispatch+combine, shm vs MindSpore (issue 11)
 }

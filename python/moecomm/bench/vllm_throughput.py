@@ -1,4 +1,4 @@
-"""vLLM offline prefill throughput (issue 5): TP=2 in-tree MoE vs TP=2 + expert parallel through moecomm.
+"""vLLM offline prefill throughput (issues 5, 12): TP=2 in-tree MoE vs the parallel layouts through moecomm.
 
 One run writes a Mixtral-style checkpoint with seeded random weights (real weights, not vLLM's dummy loader,
 so every engine loads the same model), then starts one offline engine per case, one after another, each in
@@ -10,6 +10,11 @@ killed at the end:
 - ``moecomm/tp2-ep2-dropless`` and ``moecomm/tp2-ep2-drop{r}``: ``enable_expert_parallel=True`` with the
   moecomm plugin (``alltoallv`` dispatcher, ``token_drop_ratio`` 0 and r): each rank holds half of the
   experts whole, dispatches its half of the tokens, combines and all-gathers.
+- ``moecomm/tp2-ep1-dropless``: the same with ``"expert_parallel": 1``: pure MoE tensor parallel through
+  moecomm (each rank holds half of every expert; the ranks pool their tokens and reduce the partial sums).
+- ``moecomm/dp2-ep2-dropless``: two offline data-parallel engines (vLLM's SPMD offline DP, one process per
+  DP rank, TP=1 each) with EP 2 across them; each DP rank gets every other prompt, a call lasts as long as
+  the slower rank's.
 
 Each engine gets the same prefill-heavy batch (``num_prompts`` x ``prompt_len`` random token ids, one
 generated token, prefix caching off so every repeat prefills everything), ``warmup`` untimed then
@@ -21,6 +26,7 @@ every prompt is compared with the in-tree case's (a sanity signal only: bf16 rou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -36,7 +42,7 @@ import torch
 from moecomm.bench.report import markdown_table, timing_record
 from moecomm.bench.timing import Timing
 from moecomm.checks import check_choice, check_non_negative_int, check_positive_int, check_ratio, check_topology
-from moecomm.testing.procs import kill_process_group
+from moecomm.testing.procs import dp_rank_env, engine_env, free_port, kill_process_group, wait_for_dp_peers
 
 #: dtype names of the benchmark -> vLLM's ``dtype`` argument.
 VLLM_DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
@@ -132,7 +138,9 @@ class VllmBenchConfig:
 
 
 def case_settings(config: VllmBenchConfig) -> dict[str, dict[str, Any]]:
-    """Case name -> ``{"ep": bool, "moecomm": dict | None}`` (the plugin settings), in run order."""
+    """Case name -> ``{"ep": bool, "moecomm": dict | None}`` (the plugin settings) plus, for the layout cases,
+    ``expert_parallel`` (the ``--additional-config`` key) or ``data_parallel`` (DP engines of TP = R / DP), in
+    run order. Every case uses ``tensor_parallel`` (R) workers."""
     tp = config.tensor_parallel
     dropless = {"dispatcher": "alltoallv", "token_drop_ratio": 0.0, "log_stats_every": 1}
     return {
@@ -142,7 +150,17 @@ def case_settings(config: VllmBenchConfig) -> dict[str, dict[str, Any]]:
             "ep": True,
             "moecomm": dict(dropless, token_drop_ratio=config.drop_ratio),
         },
+        f"moecomm/tp{tp}-ep1-dropless": {"ep": True, "moecomm": dropless, "expert_parallel": 1},
+        f"moecomm/dp{tp}-ep{tp}-dropless": {"ep": True, "moecomm": dropless, "data_parallel": tp},
     }
+
+
+def additional_config(spec: dict[str, Any]) -> dict[str, Any]:
+    """vLLM's ``additional_config`` of a case spec (``moecomm`` settings, ``expert_parallel``)."""
+    additional: dict[str, Any] = {"moecomm": spec["moecomm"]} if spec["moecomm"] is not None else {}
+    if spec.get("expert_parallel") is not None:
+        additional["expert_parallel"] = spec["expert_parallel"]
+    return additional
 
 
 # ---- model and prompts ----------------------------------------------------------------------------------
@@ -230,19 +248,22 @@ def make_prompts(config: VllmBenchConfig) -> list[list[int]]:
 def engine_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Runs one case in this process (called in the case's subprocess): starts ``vllm.LLM``, runs the
     warm-up and timed ``generate`` calls; returns ``{"samples_s", "startup_s", "first_tokens"}``."""
+    config = VllmBenchConfig(**spec["config"])
+    dp_size, dp_rank = spec.get("data_parallel", 1), spec.get("dp_rank", 0)
+    if dp_size > 1:  # vLLM's offline data parallel: this process is DP rank dp_rank, with its share of prompts
+        os.environ.update(dp_rank_env(dp_rank, dp_size, spec["master_port"]))
     from vllm import LLM, SamplingParams
 
-    config = VllmBenchConfig(**spec["config"])
-    prompts = [{"prompt_token_ids": ids} for ids in make_prompts(config)]
+    prompts = [{"prompt_token_ids": ids} for ids in make_prompts(config)[dp_rank::dp_size]]
     started = time.perf_counter()
     llm = LLM(
         model=spec["model"],
         skip_tokenizer_init=True,
         enforce_eager=True,
         dtype=VLLM_DTYPES[config.dtype],
-        tensor_parallel_size=config.tensor_parallel,
+        tensor_parallel_size=config.tensor_parallel // dp_size,
         enable_expert_parallel=spec["ep"],
-        additional_config={"moecomm": spec["moecomm"]} if spec["moecomm"] is not None else {},
+        additional_config=additional_config(spec),
         max_model_len=max_model_len(config),
         max_num_seqs=config.num_prompts,
         max_num_batched_tokens=config.batch_tokens,
@@ -257,38 +278,76 @@ def engine_worker(spec: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
         outputs = llm.generate(prompts, params, use_tqdm=False)
         elapsed = time.perf_counter() - started
-        if len(outputs) != config.num_prompts or any(len(o.prompt_token_ids) != config.prompt_len for o in outputs):
+        if len(outputs) != len(prompts) or any(len(o.prompt_token_ids) != config.prompt_len for o in outputs):
             raise RuntimeError(
-                f"generate call {call}: expected {config.num_prompts} outputs of "
+                f"generate call {call}: expected {len(prompts)} outputs of "
                 f"{config.prompt_len} prompt tokens, got {len(outputs)}"
             )
         first_tokens = [int(o.outputs[0].token_ids[0]) for o in outputs]
         if call >= config.warmup:
             samples.append(elapsed)
+    if dp_size > 1:
+        wait_for_dp_peers(spec["done_dir"], dp_rank, dp_size, config.timeout_s)
     return {"samples_s": samples, "startup_s": startup_s, "first_tokens": first_tokens}
 
 
+def merge_dp_results(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One case result from its DP ranks' (rank r ran prompts r, r+D, ...): a call lasts as long as its slowest
+    rank, the engines start together, the first tokens go back to prompt order."""
+    size = len(results)
+    first_tokens = [0] * sum(len(r["first_tokens"]) for r in results)
+    for rank, result in enumerate(results):
+        first_tokens[rank::size] = result["first_tokens"]
+    return {
+        "samples_s": [max(samples) for samples in zip(*(r["samples_s"] for r in results))],
+        "startup_s": max(r["startup_s"] for r in results),
+        "first_tokens": first_tokens,
+    }
+
+
 def run_case(name: str, spec: dict[str, Any], config: VllmBenchConfig) -> tuple[dict[str, Any], str]:
-    """Runs case ``name`` in a subprocess (own process group, ``VLLM_CPU_OMP_THREADS_BIND`` set), bounded by
-    ``config.timeout_s``; returns (the worker's result, the engine log). Raises :class:`CaseFailed` (with the
-    log) if it fails or times out; the process group is killed either way."""
+    """Runs case ``name`` in a subprocess (own process group, ``VLLM_CPU_OMP_THREADS_BIND`` set), or one per DP
+    rank for a ``data_parallel`` case, bounded by ``config.timeout_s``.
+
+    Returns (the worker's result, merged over the DP ranks by :func:`merge_dp_results`; the engine log, the
+    DP ranks' one after another). Raises :class:`CaseFailed` (with the log) if it fails or times out; the
+    process groups are killed either way and their engines' shared memory removed."""
     env = dict(os.environ, VLLM_CPU_OMP_THREADS_BIND=config.cpu_bind, PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "moecomm.bench.vllm_throughput", "--worker", json.dumps(spec)]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env
-    )
-    try:
-        log, _ = proc.communicate(timeout=config.timeout_s)
-    except subprocess.TimeoutExpired:
-        kill_process_group(proc)
-        log, _ = proc.communicate()
-        raise CaseFailed(name, f"no result within {config.timeout_s} s (killed)", log) from None
-    finally:
-        kill_process_group(proc)
-    lines = [line for line in log.splitlines() if line.startswith(RESULT_MARK)]
-    if proc.returncode != 0 or not lines:
-        raise CaseFailed(name, f"engine exited with code {proc.returncode}", log)
-    return json.loads(lines[-1][len(RESULT_MARK) :]), log
+    dp_size = spec.get("data_parallel", 1)
+    deadline = time.monotonic() + config.timeout_s
+    with tempfile.TemporaryDirectory(prefix="moecomm_vllm_dp_") as done_dir, contextlib.ExitStack() as stack:
+        procs, port = [], free_port()
+        for rank in range(dp_size):
+            rank_spec = dict(spec, dp_rank=rank, master_port=port, done_dir=done_dir) if dp_size > 1 else spec
+            cmd = [sys.executable, "-m", "moecomm.bench.vllm_throughput", "--worker", json.dumps(rank_spec)]
+            run_env = stack.enter_context(engine_env(env))
+            log_file = stack.enter_context(tempfile.TemporaryFile("w+"))
+            proc = subprocess.Popen(
+                cmd, stdout=log_file, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=run_env
+            )
+            stack.callback(kill_process_group, proc)
+            procs.append((proc, log_file))
+        timed_out = False
+        for proc, _ in procs:
+            try:
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                kill_process_group(proc)
+        logs = []
+        for _, log_file in procs:
+            log_file.seek(0)
+            logs.append(log_file.read())
+    log = "\n".join(logs)
+    if timed_out:
+        raise CaseFailed(name, f"no result within {config.timeout_s} s (killed)", log)
+    results = []
+    for (proc, _), rank_log in zip(procs, logs):
+        lines = [line for line in rank_log.splitlines() if line.startswith(RESULT_MARK)]
+        if proc.returncode != 0 or not lines:
+            raise CaseFailed(name, f"engine exited with code {proc.returncode}", log)
+        results.append(json.loads(lines[-1][len(RESULT_MARK) :]))
+    return (results[0] if dp_size == 1 else merge_dp_results(results)), log
 
 
 class CaseFailed(RuntimeError):

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
+import socket
 import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
 
 
 def kill_process_group(proc: subprocess.Popen) -> None:
@@ -28,3 +35,80 @@ def kill_process_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+SHM_DIR = "/dev/shm"
+
+
+@contextlib.contextmanager
+def engine_env(env: dict | None = None) -> Iterator[dict]:
+    """``env`` (default: this process's) with TMPDIR set to a fresh directory for vLLM engines to run in.
+
+    A vLLM CPU engine names its shared-memory segments ``/dev/shm/vllm_dist_<id>-...`` after the file store
+    ``$TMPDIR/vllm_dist_<id>`` it creates (and deletes at shutdown), and leaves the segments behind when its
+    workers are killed. A thread notes the stores while the engines run; on exit this removes their segments
+    (only those: other engines on the machine keep theirs), then the directory.
+    """
+    tmp = tempfile.mkdtemp(prefix="moecomm-vllm-")
+    stores: set[str] = set()
+    stop = threading.Event()
+
+    def note_stores() -> None:
+        while not stop.wait(0.5):
+            with contextlib.suppress(FileNotFoundError):
+                stores.update(name for name in os.listdir(tmp) if name.startswith("vllm_dist_"))
+
+    watcher = threading.Thread(target=note_stores, daemon=True)
+    watcher.start()
+    try:
+        yield dict(env if env is not None else os.environ, TMPDIR=tmp)
+    finally:
+        stop.set()
+        watcher.join()
+        stores.update(name for name in os.listdir(tmp) if name.startswith("vllm_dist_"))
+        if stores and os.path.isdir(SHM_DIR):
+            for name in os.listdir(SHM_DIR):
+                if any(name.startswith(store + "-") for store in stores):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(os.path.join(SHM_DIR, name))
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def dp_rank_env(rank: int, size: int, master_port: int) -> dict[str, str]:
+    """The environment of DP rank ``rank`` of ``size`` in vLLM's offline data parallel (one process per DP rank,
+    all on 127.0.0.1; ``VLLM_CPU_OMP_THREADS_BIND`` "a|b|..." then gives DP rank r its r-th entry)."""
+    return {
+        "VLLM_DP_RANK": str(rank),
+        "VLLM_DP_RANK_LOCAL": str(rank),
+        "VLLM_DP_SIZE": str(size),
+        "VLLM_DP_MASTER_IP": "127.0.0.1",
+        "VLLM_DP_MASTER_PORT": str(master_port),
+    }
+
+
+def wait_for_dp_peers(done_dir: str, rank: int, size: int, timeout_s: float) -> None:
+    """Marks DP rank ``rank`` done in ``done_dir`` and waits (at most ``timeout_s``) until all ``size`` ranks are.
+
+    An offline DP rank must not shut its engine down while another rank still runs steps: its engine joins
+    them (with dummy batches when it has nothing left), and the others would wait for it in a collective.
+
+    Raises:
+        TimeoutError: naming this rank and the ranks not done.
+    """
+    open(os.path.join(done_dir, f"rank{rank}"), "w").close()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        done = {name for name in os.listdir(done_dir) if name.startswith("rank")}
+        if len(done) >= size:
+            return
+        if time.monotonic() > deadline:
+            missing = sorted(set(range(size)) - {int(name[4:]) for name in done})
+            raise TimeoutError(f"DP rank {rank}: DP ranks {missing} did not finish within {timeout_s} s")
+        time.sleep(0.5)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a server or a DP master)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,4 +1,5 @@
-"""One MoE layer forward on one EP rank, as the plugin runs it: own slice -> dispatch -> experts -> combine -> gather."""
+"""One MoE layer forward on one EP rank, as the plugin runs it: own slice -> [MoE-TP gather] -> dispatch -> experts
+-> combine -> [MoE-TP reduce] -> gather."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import torch
 import torch.distributed as dist
 
 from moecomm.comm.moe_step import run_moe_step
+from moecomm.comm.transports.base import Transport
+from moecomm.integrations.vllm.moe_tp import gather_group_tokens, reduce_group_partials, tp_group_tokens
 from moecomm.integrations.vllm.ownership import gather_token_slices, token_slice
 from moecomm.layer.experts import swiglu_experts
 
@@ -24,6 +27,7 @@ def ep_moe_forward(
     tp_size: int = 1,
     tp_group: dist.ProcessGroup | None = None,
     gather: bool = True,
+    inner: Transport | None = None,
 ) -> tuple[torch.Tensor, Any]:
     """Routed-expert output of the tokens ``x`` that the ``tp_size`` ranks of ``tp_group`` share.
 
@@ -35,24 +39,36 @@ def ep_moe_forward(
         x: ``[T, H]`` float32/bfloat16/float16 activations.
         topk_ids: ``[T, K]`` int32/int64 global expert ids.
         topk_weights: ``[T, K]`` float32 router weights.
-        w13: ``[E_local, 2I, H]`` this rank's experts' gate-then-up weights (vLLM's ``w13_weight``).
-        w2: ``[E_local, H, I]`` this rank's experts' down weights (vLLM's ``w2_weight``).
+        w13: ``[E_local, 2I/M, H]`` this rank's experts' gate-then-up weights (vLLM's ``w13_weight``: with MoE
+            tensor parallel M > 1, this rank's column slice of gate then of up).
+        w2: ``[E_local, H, I/M]`` this rank's experts' down weights (vLLM's ``w2_weight``, row slice with M > 1).
         tp_rank, tp_size, tp_group: this rank in the group of ranks sharing ``x`` (group None when size 1).
         gather: True: all-gather the slices so every TP rank returns the full output. False: return the
             slice in place, zeros elsewhere (for a caller that all-reduces the output itself).
+        inner: with MoE tensor parallel, a transport over the M ranks holding slices of the same experts (see
+            :mod:`.moe_tp`): their tokens are dispatched together and the partial sums reduced; None when M = 1.
+            When M divides ``tp_size`` the inner group lies inside the TP group (vLLM's rank order), and the
+            pooled tokens are taken from ``x`` without a gather.
 
     Returns:
         (``[T, H]`` output in x's dtype, the dispatch handle whose ``stats`` hold the step's drop statistics).
     """
     num_tokens = x.shape[0]
     owned = token_slice(num_tokens, tp_rank, tp_size)
+    tokens = (x[owned], topk_ids[owned], topk_weights[owned])
+    split = inner is not None and inner.world_size > 1
+    if split and tp_size % inner.world_size == 0:
+        rows, counts = tp_group_tokens(num_tokens, tp_rank, tp_size, inner.world_size)
+        tokens = (x[rows], topk_ids[rows], topk_weights[rows])
+    elif split:
+        *tokens, counts = gather_group_tokens(inner, *tokens)
     local_out, handle = run_moe_step(
         dispatcher,
-        x[owned],
-        topk_ids[owned],
-        topk_weights[owned],
+        *tokens,
         lambda expert_x, tokens_per_expert: swiglu_experts(expert_x, tokens_per_expert, w13, w2),
     )
+    if split:
+        local_out = reduce_group_partials(inner, local_out, counts)
     if tp_size == 1:
         return local_out, handle
     if gather:
