@@ -159,7 +159,6 @@ void run_on_ids(const TensorArg& topk_ids, int64_t num_experts, Fn&& fn) {
   }
 }
 
-
 }  // namespace
 
 // Turns cpu::check_row_cover's code `bad` for row_of_pair [T, K] and N rows into an error naming the

@@ -39,20 +39,22 @@ std::string scale_index(int64_t flat, const QuantLayout& layout) {
   throw std::logic_error(std::string(op) + ": kernel rejected sizes the host had checked (a moecomm bug)");
 }
 
-
 // A 2-D tensor of `shape` whose rows are contiguous (any row stride): quantized rows may be columns of
 // wider wire rows. A 1-D tensor (int8 scales) may have any stride.
-void check_rows_of(const TensorArg& t, std::initializer_list<int> allowed, const std::vector<int64_t>& shape) {
+void check_rows_of(const TensorArg& t, std::initializer_list<int> allowed,
+                   const std::vector<int64_t>& shape) {
   check_tensor(t, static_cast<int64_t>(shape.size()), allowed);
   check_shape(t, shape);
   if (shape.size() == 2 && shape[1] > 1 && t.stride(1) != 1) fail(t, "expected rows with contiguous columns");
 }
 
-int64_t row_stride(const TensorArg& t) { return t.numel() == 0 ? 0 : t.stride(0); }
+int64_t row_stride(const TensorArg& t) {
+  return t.numel() == 0 ? 0 : t.stride(0);
+}
 
 // The scatter of row_of_pair [N, K] (int64, contiguous) onto num_out_rows rows, or none.
-cpu::RowScatter scatter_of(const std::optional<TensorArg>& row_of_pair, int64_t num_rows, int64_t num_out_rows,
-                           const TensorArg& out) {
+cpu::RowScatter scatter_of(const std::optional<TensorArg>& row_of_pair, int64_t num_rows,
+                           int64_t num_out_rows, const TensorArg& out) {
   if (!row_of_pair) {
     if (num_out_rows != num_rows) {
       fail(out, "expected " + std::to_string(num_rows) + " rows (one per input row), got " +
@@ -71,7 +73,8 @@ cpu::RowScatter scatter_of(const std::optional<TensorArg>& row_of_pair, int64_t 
 
 // Turns a kernel's kBadRowMapBase - p into the error naming row_of_pair; true if `bad` was one.
 void check_scatter_result(const std::optional<TensorArg>& row_of_pair, int64_t bad, int64_t num_out_rows) {
-  if (row_of_pair && bad <= cpu::kBadRowMapBase) check_rows(*row_of_pair, cpu::kBadRowMapBase - bad, num_out_rows);
+  if (row_of_pair && bad <= cpu::kBadRowMapBase)
+    check_rows(*row_of_pair, cpu::kBadRowMapBase - bad, num_out_rows);
 }
 
 }  // namespace
@@ -85,10 +88,10 @@ void quantize_rows(const TensorArg& x, const TensorArg& q, const TensorArg& scal
   const QuantLayout layout = quant_layout(q);
   check_rows_of(scales, {kF32}, layout.scales_shape);
   const cpu::RowScatter scatter = scatter_of(row_of_pair, x.size(0), num_out_rows, q);
-  const int64_t bad = cpu::quantize_rows(x.ptr<const void>(), x.scalar_type(), x.size(0), x.size(1), x.stride(0),
-                                         x.stride(1), layout.kind, layout.block_cols, layout.scales_per_row,
-                                         scatter, q.ptr<void>(), row_stride(q), scales.ptr<float>(),
-                                         row_stride(scales), num_threads);
+  const int64_t bad =
+      cpu::quantize_rows(x.ptr<const void>(), x.scalar_type(), x.size(0), x.size(1), x.stride(0), x.stride(1),
+                         layout.kind, layout.block_cols, layout.scales_per_row, scatter, q.ptr<void>(),
+                         row_stride(q), scales.ptr<float>(), row_stride(scales), num_threads);
   check_scatter_result(row_of_pair, bad, num_out_rows);
   if (bad == cpu::kBadQuantArgs) internal_error("quantize_rows");
   if (bad != cpu::kOk)
@@ -105,10 +108,10 @@ void dequantize_rows(const TensorArg& q, const TensorArg& scales, const TensorAr
   const int64_t num_out_rows = out.size(0);
   check_dense(out, {kF32, kF16, kBF16}, {num_out_rows, q.size(1)});
   const cpu::RowScatter scatter = scatter_of(row_of_pair, q.size(0), num_out_rows, out);
-  const int64_t bad = cpu::dequantize_rows(q.ptr<const void>(), layout.kind, q.size(0), q.size(1), row_stride(q),
-                                           scales.ptr<const float>(), row_stride(scales), layout.block_cols,
-                                           layout.scales_per_row, scatter, out.scalar_type(), out.ptr<void>(),
-                                           num_threads);
+  const int64_t bad =
+      cpu::dequantize_rows(q.ptr<const void>(), layout.kind, q.size(0), q.size(1), row_stride(q),
+                           scales.ptr<const float>(), row_stride(scales), layout.block_cols,
+                           layout.scales_per_row, scatter, out.scalar_type(), out.ptr<void>(), num_threads);
   check_scatter_result(row_of_pair, bad, num_out_rows);
   if (bad == cpu::kBadQuantArgs) internal_error("dequantize_rows");
   if (bad != cpu::kOk) {

@@ -135,7 +135,8 @@ struct Destinations {
   }
 };
 
-// kOk when the scatter is usable for num_rows input rows, else kBadRowMapBase - (the pair check_row_cover names).
+// kOk when the scatter is usable for num_rows input rows, else kBadRowMapBase - (the pair check_row_cover
+// names).
 int64_t check_scatter(const RowScatter& scatter, int64_t num_rows) {
   if (scatter.row_of_pair == nullptr) return kOk;
   if (scatter.top_k < 0 || scatter.num_out_rows < 0) return kBadQuantArgs;
@@ -175,8 +176,8 @@ int64_t quantize_typed(const typename Type::Storage* x, int64_t num_rows, const 
   const int64_t hidden = blocks.hidden;
   const int64_t row_bytes = hidden * static_cast<int64_t>(sizeof(CodeStorage));
   const int64_t scale_bytes = scales_per_row * static_cast<int64_t>(sizeof(float));
-  const RowSpan span = row_span(q, q_stride_row * static_cast<int64_t>(sizeof(CodeStorage)), row_bytes, scales,
-                                scales_stride_row, scales_per_row);
+  const RowSpan span = row_span(q, q_stride_row * static_cast<int64_t>(sizeof(CodeStorage)), row_bytes,
+                                scales, scales_stride_row, scales_per_row);
   const int64_t num_out_rows = scatter.row_of_pair == nullptr ? num_rows : scatter.num_out_rows;
   const bool streaming = num_out_rows * (span.packed ? span.bytes : row_bytes) >= kStreamingOutputBytes;
   const Destinations destinations{scatter};
@@ -184,12 +185,13 @@ int64_t quantize_typed(const typename Type::Storage* x, int64_t num_rows, const 
                                  kOk);
   parallel_for(num_rows, num_threads, kRowsPerChunk, [&](int64_t r0, int64_t r1, int64_t chunk) {
     std::vector<Storage> gathered(x_stride_hidden == 1 ? 0 : static_cast<size_t>(hidden));  // strided rows
-    // Each row is quantized once into `staged` (codes, zero padding, scales when packed), then copied to every
-    // output row it goes to. float storage keeps the staged scales aligned.
+    // Each row is quantized once into `staged` (codes, zero padding, scales when packed), then copied to
+    // every output row it goes to. float storage keeps the staged scales aligned.
     const int64_t staged_bytes = span.packed ? span.bytes : row_bytes + scale_bytes;
     std::vector<float> staged_storage(static_cast<size_t>(staged_bytes / 4 + 2), 0.0f);
     char* staged = reinterpret_cast<char*>(staged_storage.data());
-    float* staged_scales = reinterpret_cast<float*>(staged + (span.packed ? span.scales_offset : (row_bytes + 3) / 4 * 4));
+    float* staged_scales =
+        reinterpret_cast<float*>(staged + (span.packed ? span.scales_offset : (row_bytes + 3) / 4 * 4));
     for (int64_t r = r0; r < r1; ++r) {
       const Storage* row = x + r * x_stride_row;
       if (x_stride_hidden != 1) {
@@ -255,7 +257,8 @@ void dequantize_typed(const typename Code::Storage* q, int64_t num_rows, const B
           if (!streaming) return;
         }
         if (streaming) {
-          copy_row_streaming(reinterpret_cast<char*>(target), reinterpret_cast<const char*>(computed), out_row_bytes);
+          copy_row_streaming(reinterpret_cast<char*>(target), reinterpret_cast<const char*>(computed),
+                             out_row_bytes);
         } else if (out_row_bytes > 0) {
           std::memcpy(target, computed, static_cast<size_t>(out_row_bytes));
         }
@@ -291,15 +294,17 @@ int64_t quantize_rows(const void* x, ScalarType type, int64_t num_rows, int64_t 
 }
 
 int64_t dequantize_rows(const void* q, QuantKind kind, int64_t num_rows, int64_t hidden, int64_t q_stride_row,
-                        const float* scales, int64_t scales_stride_row, int64_t block_cols, int64_t scales_per_row,
-                        const RowScatter& scatter, ScalarType out_type, void* out, int num_threads) {
+                        const float* scales, int64_t scales_stride_row, int64_t block_cols,
+                        int64_t scales_per_row, const RowScatter& scatter, ScalarType out_type, void* out,
+                        int num_threads) {
   Blocks blocks{};
   if (!blocks_cover(num_rows, hidden, block_cols, scales_per_row, &blocks)) return kBadQuantArgs;
   if (q_stride_row < 0 || scales_stride_row < 0) return kBadQuantArgs;
   for (int64_t r = 0; r < num_rows; ++r) {
     for (int64_t b = 0; b < scales_per_row; ++b) {
       const float scale = scales[r * scales_stride_row + b];
-      if (!(scale >= 0.0f && scale <= std::numeric_limits<float>::max())) return r * scales_per_row + b;  // NaN too
+      if (!(scale >= 0.0f && scale <= std::numeric_limits<float>::max()))
+        return r * scales_per_row + b;  // NaN too
     }
   }
   const int64_t scatter_ok = check_scatter(scatter, num_rows);
@@ -309,8 +314,8 @@ int64_t dequantize_rows(const void* q, QuantKind kind, int64_t num_rows, int64_t
     using Type = decltype(element);
     known = visit_code(kind, [&](auto code) {
       using Code = decltype(code);
-      dequantize_typed<Code, Type>(static_cast<const typename Code::Storage*>(q), num_rows, blocks, q_stride_row,
-                                   scales, scales_stride_row, scatter,
+      dequantize_typed<Code, Type>(static_cast<const typename Code::Storage*>(q), num_rows, blocks,
+                                   q_stride_row, scales, scales_stride_row, scatter,
                                    static_cast<typename Type::Storage*>(out), num_threads);
     });
   });

@@ -45,12 +45,19 @@ def quantized_vs_reference(rank: int, world_size: int, cases: list[dict[str, Any
     return results
 
 
-def non_finite_row(rank: int, world_size: int, dispatcher_name: str, transport: str, timeout_s: float) -> dict[str, Any]:
+def non_finite_row(
+    rank: int, world_size: int, dispatcher_name: str, transport: str, timeout_s: float
+) -> dict[str, Any]:
     """Rank 0's token row 2 holds NaN under ``dispatch_quant="int8"``: what each rank raises, and how fast."""
     import time
 
-    config = MoECommConfig(dispatcher=dispatcher_name, transport=transport, dispatch_quant="int8", timeout_s=timeout_s,
-                           max_tokens_per_rank=8)
+    config = MoECommConfig(
+        dispatcher=dispatcher_name,
+        transport=transport,
+        dispatch_quant="int8",
+        timeout_s=timeout_s,
+        max_tokens_per_rank=8,
+    )
     dispatcher = make_dispatcher(config, 4, dist.group.WORLD)
     gen = torch.Generator().manual_seed(rank)
     x = torch.randn(6, 16, generator=gen)

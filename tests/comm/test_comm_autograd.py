@@ -72,8 +72,12 @@ def dense_gradients(case: dict[str, Any], world_size: int, kept: list[torch.Tens
 @pytest.mark.parametrize(
     "world_size,index",
     [
-        pytest.param(w, i, id=f"R{w}-{c['config']['dispatcher']}-{c['config']['transport']}-"
-                     f"{'drop' if 'token_drop_ratio' in c['config'] else 'dropless'}-{c['dtype']}")
+        pytest.param(
+            w,
+            i,
+            id=f"R{w}-{c['config']['dispatcher']}-{c['config']['transport']}-"
+            f"{'drop' if 'token_drop_ratio' in c['config'] else 'dropless'}-{c['dtype']}",
+        )
         for w in (1, 2, 4)
         for i, c in enumerate(_cases(w))
     ],

@@ -52,7 +52,9 @@ _RESULTS: dict[int, list[list[dict[str, Any]]]] = {}
 
 def _results(world_size: int) -> list[list[dict[str, Any]]]:
     if world_size not in _RESULTS:
-        per_rank = run_local(quantized_vs_reference, world_size, _cases(world_size), timeout_s=300.0, group_timeout_s=60.0)
+        per_rank = run_local(
+            quantized_vs_reference, world_size, _cases(world_size), timeout_s=300.0, group_timeout_s=60.0
+        )
         _RESULTS[world_size] = [[per_rank[r][i] for r in range(world_size)] for i in range(len(per_rank[0]))]
     return _RESULTS[world_size]
 

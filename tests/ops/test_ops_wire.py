@@ -73,8 +73,17 @@ def test_wire_rows_written_into_a_row_strided_view(kind, hidden):
     assert torch.equal(back, ops.dequantize_from_wire(view.contiguous(), hidden, kind, torch.float32))
 
 
-@pytest.mark.parametrize("hidden,kind,expected", [(2048, "int8", 2052), (7168, "int8", 7172), (2048, "fp8", 2112),
-                                                  (7168, "fp8", 7392), (130, "int8", 136), (301, "fp8", 316)])
+@pytest.mark.parametrize(
+    "hidden,kind,expected",
+    [
+        (2048, "int8", 2052),
+        (7168, "int8", 7172),
+        (2048, "fp8", 2112),
+        (7168, "fp8", 7392),
+        (130, "int8", 136),
+        (301, "fp8", 316),
+    ],
+)
 def test_wire_row_bytes(hidden, kind, expected):
     """W = H rounded up to 4, plus 4 bytes per scale (1 for int8, ceil(H/128) for fp8)."""
     assert ops.wire_row_bytes(hidden, kind) == expected
@@ -106,12 +115,24 @@ def test_wire_bad_input_is_named(impl):
 def test_wire_scatter_with_a_forged_row_map_is_refused_by_the_core():
     x = torch.randn(3, 8)
     layout = ops.route_layout(torch.tensor([[0], [1], [1]]), 2)
-    forged = ops.RouteLayout(layout.topk_ids, layout.tokens_per_expert, layout.tokens_per_rank,
-                             torch.tensor([[0], [5], [1]]), layout.num_experts, layout.num_ranks)
+    forged = ops.RouteLayout(
+        layout.topk_ids,
+        layout.tokens_per_expert,
+        layout.tokens_per_rank,
+        torch.tensor([[0], [5], [1]]),
+        layout.num_experts,
+        layout.num_ranks,
+    )
     with pytest.raises(ValueError, match="row_of_pair|layout"):
         ops.quantize_to_wire(x, "int8", forged)
     wire = ops.quantize_to_wire(x, "int8")
-    repeated = ops.RouteLayout(layout.topk_ids, layout.tokens_per_expert, layout.tokens_per_rank,
-                               torch.tensor([[0], [1], [1]]), layout.num_experts, layout.num_ranks)
+    repeated = ops.RouteLayout(
+        layout.topk_ids,
+        layout.tokens_per_expert,
+        layout.tokens_per_rank,
+        torch.tensor([[0], [1], [1]]),
+        layout.num_experts,
+        layout.num_ranks,
+    )
     with pytest.raises(ValueError, match="row_of_pair|layout"):
         ops.dequantize_from_wire(wire, 8, "int8", torch.float32, repeated)

@@ -59,7 +59,8 @@ int64_t quantize_rows(const void* x, ScalarType type, int64_t num_rows, int64_t 
 // scales_stride_row floats apart (same blocks as quantize_rows); out: contiguous output rows of H
 // float32/float16/bfloat16 values (N rows, or scatter.num_out_rows with a scatter).
 int64_t dequantize_rows(const void* q, QuantKind kind, int64_t num_rows, int64_t hidden, int64_t q_stride_row,
-                        const float* scales, int64_t scales_stride_row, int64_t block_cols, int64_t scales_per_row,
-                        const RowScatter& scatter, ScalarType out_type, void* out, int num_threads);
+                        const float* scales, int64_t scales_stride_row, int64_t block_cols,
+                        int64_t scales_per_row, const RowScatter& scatter, ScalarType out_type, void* out,
+                        int num_threads);
 
 }  // namespace moecomm::cpu

@@ -17,20 +17,27 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = QuantBenchConfig()
     parser = argparse.ArgumentParser(prog="moecomm bench quant", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ranks", type=positive_int, default=defaults.num_ranks, help="EP ranks (default 2)")
-    parser.add_argument("--tokens", type=positive_int, default=defaults.num_tokens, help="tokens per rank (default 4096)")
+    parser.add_argument(
+        "--tokens", type=positive_int, default=defaults.num_tokens, help="tokens per rank (default 4096)"
+    )
     parser.add_argument(
         "--hiddens", type=list_of(positive_int), default=list(defaults.hiddens), help="hidden sizes (default 2048,7168)"
     )
     parser.add_argument("--experts", type=positive_int, default=defaults.num_experts, help="experts E (default 64)")
     parser.add_argument("--top-k", type=positive_int, default=defaults.top_k, help="experts per token K (default 8)")
     parser.add_argument(
-        "--kinds", type=list_of(str), default=list(defaults.kinds), help=f"comma list of {','.join(KINDS)} (default all)"
+        "--kinds",
+        type=list_of(str),
+        default=list(defaults.kinds),
+        help=f"comma list of {','.join(KINDS)} (default all)",
     )
     parser.add_argument("--dispatcher", default=defaults.dispatcher, help="moecomm dispatcher (default alltoallv)")
     parser.add_argument("--transport", default=defaults.transport, help="moecomm transport (default shm)")
     parser.add_argument("--repeats", type=positive_int, default=defaults.repeats, help="timed rounds (default 7)")
     parser.add_argument("--warmup", type=non_negative_int, default=defaults.warmup, help="untimed rounds (default 2)")
-    parser.add_argument("--timeout", type=positive_float, default=defaults.timeout_s, help="seconds before the run is killed")
+    parser.add_argument(
+        "--timeout", type=positive_float, default=defaults.timeout_s, help="seconds before the run is killed"
+    )
     parser.add_argument("--json", type=Path, help="also write the records to this JSON file")
     return parser
 

@@ -57,13 +57,19 @@ def quant_worker(rank: int, world_size: int, config: QuantBenchConfig) -> dict[s
         shaped = QuantBenchConfig(**{**asdict(config), "hidden": hidden, "hiddens": (hidden,)})
         x = rank_tokens(shaped, rank)
         routing = make_routing(
-            config.num_tokens, config.num_experts, config.top_k, seed=rank_seed(config, rank), popularity_seed=config.seed
+            config.num_tokens,
+            config.num_experts,
+            config.top_k,
+            seed=rank_seed(config, rank),
+            popularity_seed=config.seed,
         )
         ids, weights = routing.topk_ids, routing.topk_weights
         cases, bytes_sent, dispatchers = {}, {}, []
         for kind in config.kinds:
             quant_config = MoECommConfig(
-                dispatcher=config.dispatcher, transport=config.transport, dispatch_quant=_quant(kind),
+                dispatcher=config.dispatcher,
+                transport=config.transport,
+                dispatch_quant=_quant(kind),
                 **({"max_tokens_per_rank": config.num_tokens} if config.dispatcher == "alltoall" else {}),
             )
             d = make_dispatcher(quant_config, config.num_experts, dist.group.WORLD if world_size > 1 else None)
@@ -81,7 +87,9 @@ def quant_worker(rank: int, world_size: int, config: QuantBenchConfig) -> dict[s
             cases[f"{kind}/dispatch"] = lambda d=d: d.dispatch(x, ids, weights)
             cases[f"{kind}/dispatch+combine"] = step
             if kind != "none":  # the experts take the quantized rows (no dequantize on the receiver)
-                cases[f"{kind}/dispatch, rows kept quantized"] = lambda d=d: d.dispatch(x, ids, weights, dequantize=False)
+                cases[f"{kind}/dispatch, rows kept quantized"] = lambda d=d: d.dispatch(
+                    x, ids, weights, dequantize=False
+                )
         timings = measure_interleaved(cases, repeats=config.repeats, warmup=config.warmup, timer=synced_time)
         for d in dispatchers:
             d.close()
@@ -110,7 +118,9 @@ def layer_errors(config: QuantBenchConfig, hidden: int) -> dict[str, dict[str, f
         x = x.to(torch.bfloat16)
         weights, ids = torch.softmax(x.float() @ router, dim=-1).topk(top_k, dim=-1)
 
-        def layer(kind: str | None, x: torch.Tensor = x, ids: torch.Tensor = ids, weights: torch.Tensor = weights) -> torch.Tensor:
+        def layer(
+            kind: str | None, x: torch.Tensor = x, ids: torch.Tensor = ids, weights: torch.Tensor = weights
+        ) -> torch.Tensor:
             d = make_dispatcher(MoECommConfig(dispatch_quant=kind), experts)
 
             def run(rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

@@ -57,7 +57,9 @@ class _Dispatch(torch.autograd.Function):
     """``(x [T, H], w [T, K] float32) -> (expert_x [N_recv, H] float32, w_row [N_recv] float32)``."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weights: torch.Tensor, routes: _StepRoutes) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        ctx: Any, x: torch.Tensor, weights: torch.Tensor, routes: _StepRoutes
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         top_k = routes.topk_ids.shape[1]
         rows = torch.cat([x.float(), weights.detach().float(), routes.topk_ids.to(torch.float32)], dim=1)
         received, handle = routes.dispatcher.dispatch(rows, routes.topk_ids, routes.topk_weights)
@@ -94,7 +96,9 @@ class _Combine(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[Any, ...]:
         routes = ctx.routes
-        grad_rows, handle = routes.dispatcher.dispatch(grad_y.float().contiguous(), routes.topk_ids, routes.topk_weights)
+        grad_rows, handle = routes.dispatcher.dispatch(
+            grad_y.float().contiguous(), routes.topk_ids, routes.topk_weights
+        )
         routes.handle = handle  # the latest dispatch: the combine of _Dispatch.backward uses it
         return grad_rows.clone(), None
 

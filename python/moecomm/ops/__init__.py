@@ -25,9 +25,9 @@ from moecomm.ops.layout import RouteLayout, route_layout
 from moecomm.ops.padded import pack_padded, unpack_padded
 from moecomm.ops.permute import permute, unpermute
 from moecomm.ops.quant import QUANT_KINDS, dequantize_rows, quantize_rows
-from moecomm.ops.wire import WireFormat, dequantize_from_wire, quantize_to_wire, wire_format, wire_row_bytes
 from moecomm.ops.regroup import empty_buffer, regroup_blocks
 from moecomm.ops.select import select_kept
+from moecomm.ops.wire import WireFormat, dequantize_from_wire, quantize_to_wire, wire_format, wire_row_bytes
 
 __all__ = [
     "RouteLayout",

@@ -137,7 +137,9 @@ def quantize_to_wire(
 def _wire_out(out: torch.Tensor | None, num_rows: int, fmt: WireFormat, x: torch.Tensor) -> torch.Tensor:
     """The caller's ``out`` (checked: shape, dtype, device, no overlap with x) or a new ``[N, W]`` int8 tensor."""
     if out is None:
-        return output_buffer(None, (num_rows, fmt.row_bytes), dtype=WIRE_DTYPE, device=x.device, inputs={"x": x}, sized_by="x")
+        return output_buffer(
+            None, (num_rows, fmt.row_bytes), dtype=WIRE_DTYPE, device=x.device, inputs={"x": x}, sized_by="x"
+        )
     out = check_tensor("out", out, dim=2, dtypes=(WIRE_DTYPE,), cpu_only=False)
     if tuple(out.shape) != (num_rows, fmt.row_bytes) or out.device != x.device:
         raise ValueError(
@@ -181,7 +183,11 @@ def dequantize_from_wire(
     check_dequantize_args(codes, scales, kind, dtype)
     layout = _checked_layout(layout, wire.shape[0], wire.device, "wire")
     num_rows = wire.shape[0] if layout is None else layout.num_rows
-    out = output_buffer(out, (num_rows, hidden), dtype=dtype, device=wire.device, inputs={"wire": wire}, sized_by="wire")
+    out = output_buffer(
+        out, (num_rows, hidden), dtype=dtype, device=wire.device, inputs={"wire": wire}, sized_by="wire"
+    )
     row_map = None if layout is None else tensor_arg("layout", layout.row_of_pair)
-    _C.dequantize_rows(tensor_arg("wire", codes), tensor_arg("scales", scales), tensor_arg("out", out), row_map, num_threads())
+    _C.dequantize_rows(
+        tensor_arg("wire", codes), tensor_arg("scales", scales), tensor_arg("out", out), row_map, num_threads()
+    )
     return out

@@ -72,7 +72,9 @@ class AlltoallvPairsDispatcher(Dispatcher):
             send_splits=send_splits,
             recv_splits=recv_splits,
         )
-        return self.expert_rows(backend, self.to_expert_major(backend, received_rows, handle), None, x, dequantize), handle
+        return self.expert_rows(
+            backend, self.to_expert_major(backend, received_rows, handle), None, x, dequantize
+        ), handle
 
     def combine(self, expert_y: torch.Tensor, handle: AlltoallvPairsHandle) -> torch.Tensor:
         """See :meth:`Dispatcher.combine`: ``expert_y [N_recv, H]`` -> ``[T, H]``."""

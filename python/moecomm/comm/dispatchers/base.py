@@ -69,7 +69,9 @@ class Dispatcher:
                 raise ValueError("group: give a torch.distributed group or a transport, not both")
             if not isinstance(transport, Transport):
                 raise TypeError(f"transport: expected a moecomm Transport, got {type(transport).__name__}")
-        bootstrap = TorchTransport(group, config.timeout_s, self.name, private_group=False) if transport is None else transport
+        bootstrap = (
+            TorchTransport(group, config.timeout_s, self.name, private_group=False) if transport is None else transport
+        )
         self.num_experts, _ = check_topology(num_experts, bootstrap.world_size)
         bootstrap.check_same_settings({**config.to_dict(), "num_experts": num_experts})
         if transport is None:
@@ -174,7 +176,9 @@ class Dispatcher:
         if not isinstance(dequantize, bool):
             raise TypeError(f"dequantize: expected True or False, got {dequantize!r}")
         if not dequantize and not self.codec.quantized:
-            raise ValueError("dequantize: False needs MoECommConfig(dispatch_quant='int8' or 'fp8'): rows are not quantized")
+            raise ValueError(
+                "dequantize: False needs MoECommConfig(dispatch_quant='int8' or 'fp8'): rows are not quantized"
+            )
         return dequantize
 
     def check_inputs(

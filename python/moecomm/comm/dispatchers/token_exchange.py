@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 
 from moecomm.backends.base import KernelBackend
-from moecomm.comm.transports.base import Transport
 from moecomm.comm.row_codec import PlainRows
+from moecomm.comm.transports.base import Transport
 from moecomm.comm.workspace import Workspace
 from moecomm.ops.layout import RouteLayout
 
