@@ -112,3 +112,13 @@ def test_a_row_with_nan_is_named_and_peers_fail_within_the_timeout(dispatcher: s
     # the peer fails in a named dispatch step (waiting for rank 0, or told by gloo that rank 0 left)
     assert results[1]["error"].startswith("CommStepError: rank 1: ") and "dispatch step" in results[1]["error"]
     assert results[1]["elapsed"] < timeout_s + 5.0, results[1]
+
+
+def test_dequantize_flag_is_checked() -> None:
+    from moecomm.comm import make_dispatcher
+
+    x, ids, weights = torch.randn(3, 4), torch.tensor([[0], [1], [2]]), torch.ones(3, 1)
+    with pytest.raises(ValueError, match="dequantize: False needs MoECommConfig\\(dispatch_quant="):
+        make_dispatcher(MoECommConfig(), 4).dispatch(x, ids, weights, dequantize=False)
+    with pytest.raises(TypeError, match="dequantize: expected True or False"):
+        make_dispatcher(MoECommConfig(dispatch_quant="int8"), 4).dispatch(x, ids, weights, dequantize="no")

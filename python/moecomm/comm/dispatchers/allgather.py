@@ -69,9 +69,7 @@ class AllgatherDispatcher(Dispatcher):
         plan = self.plan_step(x, ids, weights)
         max_tokens = int(plan.num_tokens_per_rank.max())
         sent_ids = torch.where(plan.is_kept, ids.to(torch.int64), torch.full_like(ids, -1, dtype=torch.int64))
-        rows = self.encode_rows(
-            backend, x, None, self.wire_buffer("send", x.shape[0], x) if self.codec.quantized else None
-        )
+        rows = self.encode_rows(backend, x, None)
         gathered = self.workspace.buffer("gathered", (self.world_size, max_tokens, rows.shape[1]), rows.dtype, x.device)
         all_rows = self.transport.all_gather(
             "dispatch", "token gather", _pad_rows(rows, max_tokens, 0), out=gathered

@@ -97,7 +97,7 @@ class AlltoallDispatcher(Dispatcher):
         plan = self.plan_step(x, ids, weights)
         send_counts = plan.layout.tokens_per_rank
         recv_counts = self.received_from_rank(plan).sum(dim=1)
-        rows = self.encode_rows(backend, x, plan.layout, self.wire_buffer("send", plan.layout.num_rows, x))
+        rows = self.encode_rows(backend, x, plan.layout)
         received = self._exchange("dispatch", rows, send_counts, capacity, "recv", recv_counts)
         # The padded exchange puts all C rows of every other rank's buffer on the wire, padding included.
         row_bytes = self.crossing_row_bytes(x)

@@ -135,9 +135,7 @@ class AlltoallvDispatcher(Dispatcher):
                 recv_layout=plan.layout,
                 recv_weights=plan.topk_weights,
             )
-            rows = self.encode_rows(
-                backend, x, None, self.wire_buffer("send", x.shape[0], x) if self.codec.quantized else None
-            )
+            rows = self.encode_rows(backend, x, None)
             return self.expert_rows(backend, rows, plan.layout, x, dequantize), handle
         dest_mask = masks[-1]
         counts = plan.extra_counts  # [R, R] token rows (source, destination)

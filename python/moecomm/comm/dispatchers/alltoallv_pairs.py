@@ -56,7 +56,7 @@ class AlltoallvPairsDispatcher(Dispatcher):
         received = self.received_from_rank(plan)
         send_splits = plan.layout.tokens_per_rank.tolist()
         recv_splits = received.sum(dim=1).tolist()
-        rows = self.encode_rows(backend, x, plan.layout, self.wire_buffer("send", plan.layout.num_rows, x))
+        rows = self.encode_rows(backend, x, plan.layout)
         received_rows = self.transport.all_to_all(
             "dispatch",
             "row exchange",

@@ -129,11 +129,13 @@ class Dispatcher:
         shape = (rows, self.codec.width(x.shape[1]))
         return self.workspace.buffer(name, shape, self.codec.dtype(x), x.device)
 
-    def encode_rows(
-        self, backend: KernelBackend, x: torch.Tensor, layout: RouteLayout | None, out: torch.Tensor | None
-    ) -> torch.Tensor:
-        """The crossing rows of ``x`` (see :class:`~moecomm.comm.row_codec.PlainRows`); rows the codec refuses
-        (inf/NaN under ``dispatch_quant``) break the transport, naming the row, since peers wait for them."""
+    def encode_rows(self, backend: KernelBackend, x: torch.Tensor, layout: RouteLayout | None) -> torch.Tensor:
+        """The crossing rows of ``x [T, H]`` (see :class:`~moecomm.comm.row_codec.PlainRows`), scattered by
+        ``layout`` into the reused ``send`` buffer; without a layout, plain rows are ``x`` itself. Rows the codec
+        refuses (inf/NaN under ``dispatch_quant``) break the transport, naming the row, since peers wait for them."""
+        out = None
+        if layout is not None or self.codec.quantized:
+            out = self.wire_buffer("send", x.shape[0] if layout is None else layout.num_rows, x)
         with self.refused_rows_break_transport():
             return self.codec.encode(backend, x, layout, out=out)
 
