@@ -6,6 +6,7 @@
 #include "moecomm/cpu_kernels.h"
 #include "parallel.h"
 #include "row_cover.h"
+#include "weighted_rows.h"
 
 namespace moecomm::cpu {
 
@@ -18,22 +19,26 @@ void unpermute_typed(const typename Type::Storage* y, int64_t hidden, int64_t y_
   using Storage = typename Type::Storage;
   parallel_for(num_tokens, num_threads, 8, [&](int64_t t0, int64_t t1, int64_t) {
     std::vector<float> acc(static_cast<size_t>(hidden));
-    float* a = acc.data();
+    // Strided rows are gathered into contiguous scratch rows first (one per pair of a token).
+    std::vector<Storage> gathered(y_stride_hidden == 1 ? 0 : static_cast<size_t>(hidden * top_k));
+    std::vector<const Storage*> rows(static_cast<size_t>(top_k));
+    std::vector<float> row_weights(static_cast<size_t>(top_k));
     for (int64_t t = t0; t < t1; ++t) {
-      for (int64_t h = 0; h < hidden; ++h) a[h] = 0.0f;
+      int64_t count = 0;
       for (int64_t k = 0; k < top_k; ++k) {
         const int64_t row = row_of_pair[t * top_k + k];
         if (row < 0) continue;
-        const float w = weights[t * top_k + k];
         const Storage* src = y + row * y_stride_row;
-        if (y_stride_hidden == 1) {
-          for (int64_t h = 0; h < hidden; ++h) a[h] += w * Type::load(src[h]);
-        } else {
-          for (int64_t h = 0; h < hidden; ++h) a[h] += w * Type::load(src[h * y_stride_hidden]);
+        if (y_stride_hidden != 1) {
+          Storage* into = gathered.data() + count * hidden;
+          for (int64_t h = 0; h < hidden; ++h) into[h] = src[h * y_stride_hidden];
+          src = into;
         }
+        rows[static_cast<size_t>(count)] = src;
+        row_weights[static_cast<size_t>(count)] = weights[t * top_k + k];
+        ++count;
       }
-      Storage* dst = out + t * hidden;
-      for (int64_t h = 0; h < hidden; ++h) dst[h] = Type::store(a[h]);
+      weighted_rows<Type>(rows.data(), row_weights.data(), count, hidden, acc.data(), out + t * hidden);
     }
   });
 }

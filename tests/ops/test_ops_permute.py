@@ -108,3 +108,41 @@ def test_out_buffers_are_filled_and_checked():
         ops.permute(x, layout, out=torch.empty(64, 6, dtype=torch.float16))
     with pytest.raises(ValueError, match="out"):
         ops.unpermute(rows_out, layout, weights, out=torch.empty(6, 32).t())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    hidden=st.sampled_from([1, 15, 16, 17, 31, 32, 33, 63, 100, 2050]),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+    top_k=st.integers(1, 8),
+    seed=st.integers(0, 1000),
+)
+def test_unpermute_rounds_exact_sums_like_torch_at_every_width(hidden, dtype, top_k, seed):
+    """Sums that float32 holds exactly (small multiples of 1/8 times powers-of-two weights) must come out as
+    torch's rounding of the float64 sum, in every column: the vector path's full blocks, masked tails and
+    bfloat16 rounding (ties to even included, since the sums are exact to 1/64)."""
+    gen = torch.Generator().manual_seed(seed)
+    num_tokens, num_experts = 9, 4
+    ids = torch.randint(0, num_experts, (num_tokens, top_k), generator=gen)
+    is_kept = torch.rand(num_tokens, top_k, generator=gen) < 0.8
+    weights = 2.0 ** -torch.randint(0, 4, (num_tokens, top_k), generator=gen).float()
+    layout = ops.route_layout(ids, num_experts, 1, is_kept)  # dropped pairs: row -1
+    rows = (torch.randint(-300, 300, (layout.num_rows, hidden), generator=gen).double() / 8).to(dtype)
+    got = ops.unpermute(rows, layout, weights)
+    pair_rows = rows.double()[layout.row_of_pair.clamp(min=0)]  # [T, K, H]
+    pair_weights = (weights.double() * is_kept).unsqueeze(-1)
+    want = (pair_rows * pair_weights).sum(dim=1).to(dtype)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_unpermute_keeps_nan_and_inf_in_their_columns(dtype):
+    ids = torch.tensor([[0, 1], [1, 0]])
+    layout = ops.route_layout(ids, 2)
+    rows = torch.ones(layout.num_rows, 37, dtype=dtype)
+    rows[layout.row_of_pair[0, 1], 33] = float("nan")
+    rows[layout.row_of_pair[1, 0], 5] = float("inf")
+    got = ops.unpermute(rows, layout, torch.full((2, 2), 0.5))
+    assert torch.isnan(got[0, 33]) and int(torch.isnan(got).sum()) == 1
+    assert got[1, 5] == float("inf") and int(torch.isinf(got).sum()) == 1
+    assert bool((got[~torch.isnan(got) & ~torch.isinf(got)] == 1).all())
