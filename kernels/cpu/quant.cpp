@@ -10,6 +10,7 @@
 #include "moecomm/quant_kernels.h"
 #include "parallel.h"
 #include "row_cover.h"
+#include "simd.h"
 
 namespace moecomm::cpu {
 
@@ -17,6 +18,9 @@ namespace {
 
 // Codes: encode(v) = the code of clamp(v, -kMax, kMax), for finite |v| < 2^22. The clamp is applied to the
 // integer code (the same result, since kMax is representable): it keeps the loops free of float selects.
+// With AVX-512, encode_lanes / decode_lanes do the same for 16 lanes (codes in the low byte of each 32-bit
+// lane), with the same integer steps; the float steps are the same IEEE operations (no fma: this file is
+// built with -ffp-contract=off).
 struct Int8Code {
   using Storage = int8_t;
   static constexpr float kMax = 127.0f;
@@ -25,6 +29,15 @@ struct Int8Code {
     return static_cast<int8_t>(std::min(std::max(rounded, int32_t{-127}), int32_t{127}));
   }
   static float decode(int8_t q) { return static_cast<float>(q); }
+#if defined(MOECOMM_SIMD_AVX512)
+  static __m512i encode_lanes(__m512 v) {
+    const __m512i rounded = _mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm512_max_epi32(_mm512_min_epi32(rounded, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
+  }
+  static __m512 decode_lanes(__m128i codes) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(codes));
+  }
+#endif
 };
 
 struct Float8E4M3Code {
@@ -32,6 +45,34 @@ struct Float8E4M3Code {
   static constexpr float kMax = kFloat8E4M3Max;
   static uint8_t encode(float v) { return float_to_e4m3_saturated(v); }
   static float decode(uint8_t q) { return e4m3_to_float(q); }
+#if defined(MOECOMM_SIMD_AVX512)
+  static __m512i encode_lanes(__m512 v) {  // float_to_e4m3_saturated
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i sign = _mm512_and_si512(_mm512_srli_epi32(u, 24), _mm512_set1_epi32(0x80));
+    const __m512i abs = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(abs, 20), _mm512_set1_epi32(1));
+    const __m512i normal = _mm512_sub_epi32(
+        _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(abs, _mm512_set1_epi32(0x7ffff)), odd), 20),
+        _mm512_set1_epi32(120 << 3));
+    const __m512 shifted = _mm512_add_ps(_mm512_mul_ps(_mm512_castsi512_ps(abs), _mm512_set1_ps(512.0f)),
+                                         _mm512_set1_ps(8388608.0f));
+    const __m512i subnormal = _mm512_sub_epi32(_mm512_castps_si512(shifted), _mm512_set1_epi32(0x4b000000));
+    const __mmask16 is_normal = _mm512_cmpge_epu32_mask(abs, _mm512_set1_epi32(0x3c800000));
+    const __m512i magnitude = _mm512_mask_blend_epi32(is_normal, subnormal, normal);
+    return _mm512_or_si512(sign, _mm512_min_epu32(magnitude, _mm512_set1_epi32(0x7e)));
+  }
+  static __m512 decode_lanes(__m128i codes) {  // e4m3_to_float
+    const __m512i b = _mm512_cvtepu8_epi32(codes);
+    const __m512i magnitude = _mm512_and_si512(b, _mm512_set1_epi32(0x7f));
+    const __m512i sign = _mm512_slli_epi32(_mm512_srli_epi32(b, 7), 31);
+    const __m512 value = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(magnitude, 20)),
+                                       _mm512_set1_ps(1.329227995784916e+36f));
+    const __mmask16 nan = _mm512_cmpeq_epi32_mask(magnitude, _mm512_set1_epi32(0x7f));
+    const __m512i bits =
+        _mm512_mask_mov_epi32(_mm512_castps_si512(value), nan, _mm512_set1_epi32(0x7fc00000));
+    return _mm512_castsi512_ps(_mm512_or_si512(sign, bits));
+  }
+#endif
 };
 
 constexpr uint32_t kInfinityBits = 0x7f800000u;
@@ -94,13 +135,116 @@ uint32_t absmax_bits(const typename Type::Storage* v, int64_t n) {
   return m;
 }
 
+// How one block's values become codes (moecomm/quant_kernels.h): v = x * inverse, or x / scale when the
+// inverse overflows; no codes to compute when the scale is 0.
+struct BlockScale {
+  float scale = 0.0f;    // absmax / max_code: what travels
+  float inverse = 0.0f;  // max_code / absmax
+  bool multiply = true;  // inverse is finite
+};
+
+template <typename Code>
+BlockScale block_scale(uint32_t absmax_bits_value) {
+  const float absmax = bits_to_float(absmax_bits_value);
+  BlockScale s;
+  s.scale = absmax / Code::kMax;
+  if (s.scale == 0.0f) return s;
+  s.inverse = Code::kMax / absmax;
+  s.multiply = s.inverse <= std::numeric_limits<float>::max();
+  return s;
+}
+
 template <typename Type, typename Code>
-void quantize_block(const typename Type::Storage* v, int64_t n, float scale, typename Code::Storage* q) {
-  if (scale == 0.0f) {
-    zero_bytes(reinterpret_cast<char*>(q), n * static_cast<int64_t>(sizeof(typename Code::Storage)));
+void quantize_block(const typename Type::Storage* v, int64_t n, const BlockScale& s,
+                    typename Code::Storage* q) {
+  if (s.multiply) {
+    for (int64_t i = 0; i < n; ++i) q[i] = Code::encode(Type::load(v[i]) * s.inverse);
+  } else {
+    for (int64_t i = 0; i < n; ++i) q[i] = Code::encode(Type::load(v[i]) / s.scale);
+  }
+}
+
+#if defined(MOECOMM_SIMD_AVX512)
+// absmax_bits over 16 lanes at a time (a masked tail loads 0 in its missing lanes).
+template <typename Type>
+uint32_t absmax_bits_lanes(const typename Type::Storage* v, int64_t n) {
+  using L = simd::Lanes<Type>;
+  const __m512i magnitude = _mm512_set1_epi32(0x7fffffff);
+  auto abs_bits = [&](__m512 lanes) { return _mm512_and_si512(_mm512_castps_si512(lanes), magnitude); };
+  __m512i m0 = _mm512_setzero_si512(), m1 = _mm512_setzero_si512();
+  int64_t i = 0;
+  for (; i + 2 * simd::kLanes <= n; i += 2 * simd::kLanes) {
+    m0 = _mm512_max_epu32(m0, abs_bits(L::load(v + i, 0xffff)));
+    m1 = _mm512_max_epu32(m1, abs_bits(L::load(v + i + simd::kLanes, 0xffff)));
+  }
+  for (; i < n; i += simd::kLanes)
+    m0 = _mm512_max_epu32(m0, abs_bits(L::load(v + i, simd::first_lanes(n - i))));
+  return _mm512_reduce_max_epu32(_mm512_max_epu32(m0, m1));
+}
+
+// quantize_block over 16 lanes at a time: the same products (or quotients), the codes' lane encoders; whole
+// 64-code groups are packed and stored with one unmasked store (masked and down-converting stores are slow
+// on some cores).
+template <typename Type, typename Code, bool kMultiply>
+void quantize_block_lanes(const typename Type::Storage* v, int64_t n, const BlockScale& s,
+                          typename Code::Storage* q) {
+  using L = simd::Lanes<Type>;
+  const __m512 factor = _mm512_set1_ps(kMultiply ? s.inverse : s.scale);
+  auto codes_of = [&](int64_t i, __mmask16 m) {
+    const __m512 x = L::load(v + i, m);
+    return _mm512_cvtepi32_epi8(
+        Code::encode_lanes(kMultiply ? _mm512_mul_ps(x, factor) : _mm512_div_ps(x, factor)));
+  };
+  int64_t i = 0;
+  for (; i + 4 * simd::kLanes <= n; i += 4 * simd::kLanes) {
+    __m512i packed = _mm512_castsi128_si512(codes_of(i, 0xffff));
+    packed = _mm512_inserti32x4(packed, codes_of(i + 16, 0xffff), 1);
+    packed = _mm512_inserti32x4(packed, codes_of(i + 32, 0xffff), 2);
+    packed = _mm512_inserti32x4(packed, codes_of(i + 48, 0xffff), 3);
+    _mm512_storeu_si512(q + i, packed);
+  }
+  for (; i < n; i += simd::kLanes) {
+    const __mmask16 m = simd::first_lanes(n - i);
+    _mm_mask_storeu_epi8(q + i, m, codes_of(i, m));
+  }
+}
+
+// dequantizes one block (n codes, one scale) into out over 16 lanes at a time.
+template <typename Code, typename Type>
+void dequantize_block_lanes(const typename Code::Storage* q, int64_t n, float scale,
+                            typename Type::Storage* out) {
+  const __m512 factor = _mm512_set1_ps(scale);
+  for (int64_t i = 0; i < n; i += simd::kLanes) {
+    const __mmask16 m = simd::first_lanes(n - i);
+    const __m512 values = Code::decode_lanes(_mm_maskz_loadu_epi8(m, q + i));
+    simd::Lanes<Type>::store(out + i, _mm512_mul_ps(values, factor), m);
+  }
+}
+#endif
+
+// absmax_bits / quantize_block with vector lanes where the build and the element type have them.
+template <typename Type>
+uint32_t block_absmax_bits(const typename Type::Storage* v, int64_t n) {
+#if defined(MOECOMM_SIMD_AVX512)
+  if constexpr (simd::Lanes<Type>::kLoad) return absmax_bits_lanes<Type>(v, n);
+#endif
+  return absmax_bits<Type>(v, n);
+}
+
+template <typename Type, typename Code>
+void encode_block(const typename Type::Storage* v, int64_t n, const BlockScale& s,
+                  typename Code::Storage* q) {
+#if defined(MOECOMM_SIMD_AVX512)
+  if constexpr (simd::Lanes<Type>::kLoad) {
+    if (s.multiply) {
+      quantize_block_lanes<Type, Code, true>(v, n, s, q);
+    } else {
+      quantize_block_lanes<Type, Code, false>(v, n, s, q);
+    }
     return;
   }
-  for (int64_t i = 0; i < n; ++i) q[i] = Code::encode(Type::load(v[i]) / scale);
+#endif
+  quantize_block<Type, Code>(v, n, s, q);
 }
 
 // Quantizes one contiguous row into q_row and scale_row; false (nothing more written) at a block holding
@@ -110,11 +254,16 @@ bool quantize_row(const typename Type::Storage* row, const Blocks& blocks, int64
                   typename Code::Storage* q_row, float* scale_row) {
   for (int64_t b = 0; b < scales_per_row; ++b) {
     const int64_t begin = blocks.begin(b), n = blocks.end(b) - begin;
-    const uint32_t absmax = absmax_bits<Type>(row + begin, n);
+    const uint32_t absmax = block_absmax_bits<Type>(row + begin, n);
     if (absmax >= kInfinityBits) return false;
-    const float scale = bits_to_float(absmax) / Code::kMax;
-    scale_row[b] = scale;
-    quantize_block<Type, Code>(row + begin, n, scale, q_row + begin);
+    const BlockScale s = block_scale<Code>(absmax);
+    scale_row[b] = s.scale;
+    if (s.scale == 0.0f) {
+      zero_bytes(reinterpret_cast<char*>(q_row + begin),
+                 n * static_cast<int64_t>(sizeof(typename Code::Storage)));
+    } else {
+      encode_block<Type, Code>(row + begin, n, s, q_row + begin);
+    }
   }
   return true;
 }
@@ -226,6 +375,22 @@ int64_t quantize_typed(const typename Type::Storage* x, int64_t num_rows, const 
 }
 
 template <typename Code, typename Type>
+void dequantize_row(const typename Code::Storage* q_row, const float* scale_row, const Blocks& blocks,
+                    typename Type::Storage* out) {
+  for (int64_t b = 0; b < blocks.used; ++b) {
+    const float scale = scale_row[b];
+    const int64_t begin = blocks.begin(b), end = blocks.end(b);
+#if defined(MOECOMM_SIMD_AVX512)
+    if constexpr (simd::Lanes<Type>::kStore) {
+      dequantize_block_lanes<Code, Type>(q_row + begin, end - begin, scale, out + begin);
+      continue;
+    }
+#endif
+    for (int64_t h = begin; h < end; ++h) out[h] = Type::store(Code::decode(q_row[h]) * scale);
+  }
+}
+
+template <typename Code, typename Type>
 void dequantize_typed(const typename Code::Storage* q, int64_t num_rows, const Blocks& blocks,
                       int64_t q_stride_row, const float* scales, int64_t scales_stride_row,
                       const RowScatter& scatter, typename Type::Storage* out, int num_threads) {
@@ -247,12 +412,7 @@ void dequantize_typed(const typename Code::Storage* q, int64_t num_rows, const B
         OutStorage* target = out + out_row * hidden;
         if (computed == nullptr) {
           OutStorage* into = streaming ? staged.data() : target;
-          for (int64_t b = 0; b < blocks.used; ++b) {
-            const float scale = scale_row[b];
-            for (int64_t h = blocks.begin(b), end = blocks.end(b); h < end; ++h) {
-              into[h] = Type::store(Code::decode(q_row[h]) * scale);
-            }
-          }
+          dequantize_row<Code, Type>(q_row, scale_row, blocks, into);
           computed = into;
           if (!streaming) return;
         }

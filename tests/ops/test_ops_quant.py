@@ -19,7 +19,7 @@ KINDS = ("int8", "fp8")
 IMPLS = [pytest.param(ops, id="native"), pytest.param(reference, id="reference")]
 MAX_CODE = {"int8": 127.0, "fp8": 448.0}
 HIDDEN_SIZES = st.one_of(st.sampled_from([1, 2, 127, 128, 129, 255, 256, 384, 7168, 9000]), st.integers(1, 9000))
-ROW_MODES = ("normal", "zeros", "outlier", "tiny", "ties", "huge")
+ROW_MODES = ("normal", "zeros", "outlier", "tiny", "edge", "ties", "huge")
 
 
 def codes(q: torch.Tensor) -> torch.Tensor:
@@ -37,8 +37,10 @@ def make_rows(num_rows: int, hidden: int, dtype: torch.dtype, modes: list[str], 
         elif mode == "outlier":  # one large value, the rest small: most codes round to 0
             rows[r] = torch.randn(hidden, generator=gen) * 1e-3
             rows[r, int(torch.randint(0, hidden, (1,), generator=gen))] = 300.0
-        elif mode == "tiny":  # subnormal scales for float32 (absmax / 127 below 2^-126), or scale 0
-            rows[r] = torch.randn(hidden, generator=gen) * (1e-38 if dtype == torch.float32 else 1e-5)
+        elif mode == "tiny":  # subnormal scales (absmax / 127 below 2^-126), inverses that overflow, or scale 0
+            rows[r] = torch.randn(hidden, generator=gen) * (1e-5 if dtype == torch.float16 else 1e-38)
+        elif mode == "edge":  # absmax near max_code / FLT_MAX: the inverse overflows (divide) or just does not
+            rows[r] = torch.randn(hidden, generator=gen) * (1e-5 if dtype == torch.float16 else 1.5e-37)
         elif mode == "ties":  # absmax 127 (int8 scale 1): k + 0.5 values are exact ties
             rows[r] = (torch.randint(-254, 255, (hidden,), generator=gen) / 2.0).clamp(-127, 127)
             rows[r, 0] = 127.0

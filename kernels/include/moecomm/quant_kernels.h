@@ -5,8 +5,11 @@
 // Per-token int8 is one block per row (block_cols = H); DeepEP's fp8 layout is block_cols = 128.
 //
 // Exact definition (the pure-torch reference in python/moecomm/ops/reference_quant.py computes the same):
-//   scale = absmax / max_code                    (float32 division; 0 for an all-zero block)
-//   v     = clamp(x / scale, -max_code, max_code) (float32 division)
+//   scale   = absmax / max_code                     (float32 division; 0 for an all-zero block)
+//   inverse = max_code / absmax                     (float32 division, once per block)
+//   v       = clamp(x * inverse, -max_code, max_code) (float32 product; vLLM's dynamic int8 and DeepEP's fp8
+//             quantizers multiply by this inverse too); x / scale instead when inverse overflows to inf
+//             (absmax < max_code / FLT_MAX, about 3.7e-37 for int8)
 //   int8: q = round_half_even(v);  fp8: q = e4m3fn(v), round to nearest even
 //   a block whose scale is 0 (all zeros, or absmax so small that absmax / max_code underflows) gets q = 0.
 //   dequantize: out = float(q) * scale (float32), then rounded to the output type (nearest even).

@@ -6,8 +6,11 @@ Exact arithmetic (the native kernels and :mod:`moecomm.ops.reference_quant` agre
 - A row of H values is cut into blocks: the whole row for ``"int8"``, 128 columns for ``"fp8"`` (the last
   block is shorter when H is not a multiple of 128). Each block gets one float32 scale
   ``absmax(block) / max_code`` with ``max_code`` 127 (int8) or 448 (e4m3fn's largest finite value).
-- Codes: ``clamp(x / scale, -max_code, max_code)`` in float32, then round half to even (int8) or round to
-  the nearest e4m3fn value, ties to even (fp8). The clamp only bites when the scale is subnormal.
+- Codes: ``clamp(x * inverse, -max_code, max_code)`` in float32 with ``inverse = max_code / absmax(block)``
+  (one float32 division per block; vLLM's dynamic int8 and DeepEP's fp8 quantizers multiply by the same
+  inverse), then round half to even (int8) or round to the nearest e4m3fn value, ties to even (fp8). When the
+  inverse overflows to inf (absmax below ``max_code / FLT_MAX``, ~3.7e-37 for int8) the block divides by its
+  scale instead. The clamp only bites for such tiny blocks and for the last ulp of ``x * inverse``.
 - A block whose scale is 0 (all zeros, or absmax below ~1.8e-43 so that absmax / 127 underflows) is sent
   as scale 0 and codes 0, and dequantizes to exact zeros.
 - inf or NaN in x raises ``ValueError`` naming the first such row; quantized rows must be finite (a NaN has

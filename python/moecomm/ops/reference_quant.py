@@ -21,7 +21,8 @@ def _expand_scales(scales: torch.Tensor, fmt: QuantFormat, hidden: int) -> torch
 
 
 def quantize_rows(x: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference of :func:`moecomm.ops.quantize_rows`: padded blocks, amax, divide, clamp, round, cast."""
+    """Reference of :func:`moecomm.ops.quantize_rows`: padded blocks, amax, scale and inverse, multiply,
+    clamp, round, cast."""
     x, fmt = check_quantize_args(x, kind)
     num_rows, hidden = x.shape
     values = x.float()
@@ -31,9 +32,13 @@ def quantize_rows(x: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tenso
         raise ValueError(f"x: row {bad} contains inf or NaN (quantized rows must be finite)")
     cols, blocks = fmt.cols_per_scale(hidden), fmt.scales_per_row(hidden)
     padded = torch.nn.functional.pad(values, (0, blocks * cols - hidden))
-    scales = padded.view(num_rows, blocks, cols).abs().amax(dim=2) / fmt.max_code
+    absmax = padded.view(num_rows, blocks, cols).abs().amax(dim=2)
+    scales = absmax / fmt.max_code
+    inverses = torch.full_like(absmax, fmt.max_code) / absmax  # inf where absmax is 0 or tiny
     expanded = _expand_scales(scales, fmt, hidden)
-    scaled = torch.where(expanded > 0, (values / expanded).clamp(-fmt.max_code, fmt.max_code), 0.0)
+    expanded_inverses = _expand_scales(inverses, fmt, hidden)
+    quotients = torch.where(torch.isinf(expanded_inverses), values / expanded, values * expanded_inverses)
+    scaled = torch.where(expanded > 0, quotients.clamp(-fmt.max_code, fmt.max_code), 0.0)
     q = torch.round(scaled).to(torch.int8) if fmt.kind == "int8" else scaled.to(torch.float8_e4m3fn)
     return q, scales.reshape(fmt.scales_shape(num_rows, hidden))
 
