@@ -8,7 +8,9 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__SSE2__)
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#elif defined(__SSE2__)
 #include <emmintrin.h>
 #endif
 
@@ -39,19 +41,24 @@ inline void copy_rows(char* dst, const char* src, int64_t count, int64_t hidden,
 // and skipping the read-for-ownership of every destination line saves a third of the traffic.
 constexpr int64_t kStreamingOutputBytes = int64_t{32} << 20;
 
-// Copies `bytes` bytes with non-temporal stores: plain stores up to dst's first 16-byte boundary, streaming
-// stores for the whole 64-byte blocks after it, plain stores for the tail (so any size and alignment streams
-// nearly all of its bytes; wire rows of quantized dispatch are rarely 64-byte multiples).
+// Copies `bytes` bytes with non-temporal stores: plain stores up to dst's first 64-byte boundary, streaming
+// stores for the whole cache lines after it, plain stores for the tail. Streaming whole, aligned lines keeps
+// the write-combining buffers full (a streamed partial line costs a read-modify-write), so any size and
+// alignment streams nearly all of its bytes at full speed: wire rows of quantized dispatch are rarely 64-byte
+// multiples.
 inline void copy_row_streaming(char* dst, const char* src, int64_t bytes) {
 #if defined(__SSE2__)
-  const int64_t misalign = static_cast<int64_t>(reinterpret_cast<uintptr_t>(dst) & 15);
-  const int64_t head = std::min<int64_t>(bytes, misalign == 0 ? 0 : 16 - misalign);
+  const int64_t misalign = static_cast<int64_t>(reinterpret_cast<uintptr_t>(dst) & 63);
+  const int64_t head = std::min<int64_t>(bytes, misalign == 0 ? 0 : 64 - misalign);
   if (head > 0) std::memcpy(dst, src, static_cast<size_t>(head));
   dst += head;
   src += head;
   bytes -= head;
   const int64_t body = bytes & ~int64_t{63};
   for (int64_t i = 0; i < body; i += 64) {
+#if defined(__AVX512F__)
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(dst + i), _mm512_loadu_si512(src + i));
+#else
     const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
     const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 16));
     const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 32));
@@ -60,6 +67,7 @@ inline void copy_row_streaming(char* dst, const char* src, int64_t bytes) {
     _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 16), b);
     _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 32), c);
     _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 48), d);
+#endif
   }
   if (bytes > body) std::memcpy(dst + body, src + body, static_cast<size_t>(bytes - body));
   return;
