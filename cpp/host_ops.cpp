@@ -242,17 +242,25 @@ void permute(const TensorArg& x, const TensorArg& row_of_pair, const TensorArg& 
 }
 
 void unpermute(const TensorArg& y, const TensorArg& row_of_pair, const TensorArg& topk_weights,
-               const TensorArg& out, int num_threads) {
+               const TensorArg& out, int64_t token_begin, int64_t token_end, int num_threads) {
   check_tensor(y, 2, {kF32, kF16, kBF16});
   check_tensor(row_of_pair, 2, {kI64});
   check_contiguous(row_of_pair);
   const int64_t T = row_of_pair.size(0), K = row_of_pair.size(1), H = y.size(1);
+  if (token_begin < 0 || token_end < token_begin || token_end > T) {
+    throw std::invalid_argument("tokens: expected a range [begin, end) with 0 <= begin <= end <= " +
+                                std::to_string(T) + " (the tokens of row_of_pair), got [" +
+                                std::to_string(token_begin) + ", " + std::to_string(token_end) + ")");
+  }
   check_dense(topk_weights, {kF32}, {T, K});
-  check_dense(out, {y.dtype}, {T, H});
+  check_dense(out, {y.dtype}, {token_end - token_begin, H});
   advise_huge_pages(out);
-  const int64_t bad = cpu::unpermute(y.ptr<const void>(), y.scalar_type(), y.size(0), H, y.stride(0),
-                                     y.stride(1), row_of_pair.ptr<const int64_t>(),
-                                     topk_weights.ptr<const float>(), T, K, out.ptr<void>(), num_threads);
+  const int64_t bad =
+      cpu::unpermute(y.ptr<const void>(), y.scalar_type(), y.size(0), H, y.stride(0), y.stride(1),
+                     row_of_pair.ptr<const int64_t>(), topk_weights.ptr<const float>(), T, K, token_begin,
+                     token_end, out.ptr<void>(), num_threads);
+  if (bad == cpu::kBadTokenRange)
+    throw std::logic_error("unpermute: the kernel refused a token range the host checked");
   check_rows(row_of_pair, bad, y.size(0));
 }
 

@@ -18,7 +18,7 @@ void select_kept(const TensorArg& topk_ids, int64_t num_experts, int64_t experts
 void permute(const TensorArg& x, const TensorArg& row_of_pair, const TensorArg& out, int num_threads);
 
 void unpermute(const TensorArg& y, const TensorArg& row_of_pair, const TensorArg& topk_weights,
-               const TensorArg& out, int num_threads);
+               const TensorArg& out, int64_t token_begin, int64_t token_end, int num_threads);
 
 void pack_padded(const TensorArg& rows, const TensorArg& counts, const TensorArg& out, int num_threads);
 

@@ -46,7 +46,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("permute", &moecomm::host::permute, py::arg("x"), py::arg("row_of_pair"), py::arg("out"),
         py::arg("num_threads"), release);
   m.def("unpermute", &moecomm::host::unpermute, py::arg("y"), py::arg("row_of_pair"), py::arg("topk_weights"),
-        py::arg("out"), py::arg("num_threads"), release);
+        py::arg("out"), py::arg("token_begin"), py::arg("token_end"), py::arg("num_threads"), release);
   m.def("regroup_blocks", &moecomm::host::regroup_blocks, py::arg("rows"), py::arg("block_rows"),
         py::arg("out"), py::arg("num_threads"), release);
   m.def("advise_huge_pages", &moecomm::host::advise_huge_pages, py::arg("out"), release);

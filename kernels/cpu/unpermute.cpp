@@ -15,9 +15,11 @@ namespace {
 template <typename Type>
 void unpermute_typed(const typename Type::Storage* y, int64_t hidden, int64_t y_stride_row,
                      int64_t y_stride_hidden, const int64_t* row_of_pair, const float* weights,
-                     int64_t num_tokens, int64_t top_k, typename Type::Storage* out, int num_threads) {
+                     int64_t token_begin, int64_t token_end, int64_t top_k, typename Type::Storage* out,
+                     int num_threads) {
   using Storage = typename Type::Storage;
-  parallel_for(num_tokens, num_threads, 8, [&](int64_t t0, int64_t t1, int64_t) {
+  parallel_for(token_end - token_begin, num_threads, 8, [&](int64_t s0, int64_t s1, int64_t) {
+    const int64_t t0 = token_begin + s0, t1 = token_begin + s1;
     std::vector<float> acc(static_cast<size_t>(hidden));
     // Strided rows are gathered into contiguous scratch rows first (one per pair of a token).
     std::vector<Storage> gathered(y_stride_hidden == 1 ? 0 : static_cast<size_t>(hidden * top_k));
@@ -38,7 +40,8 @@ void unpermute_typed(const typename Type::Storage* y, int64_t hidden, int64_t y_
         row_weights[static_cast<size_t>(count)] = weights[t * top_k + k];
         ++count;
       }
-      weighted_rows<Type>(rows.data(), row_weights.data(), count, hidden, acc.data(), out + t * hidden);
+      weighted_rows<Type>(rows.data(), row_weights.data(), count, hidden, acc.data(),
+                          out + (t - token_begin) * hidden);
     }
   });
 }
@@ -47,24 +50,26 @@ void unpermute_typed(const typename Type::Storage* y, int64_t hidden, int64_t y_
 
 int64_t unpermute(const void* y, ScalarType type, int64_t num_rows, int64_t hidden, int64_t y_stride_row,
                   int64_t y_stride_hidden, const int64_t* row_of_pair, const float* weights,
-                  int64_t num_tokens, int64_t top_k, void* out, int num_threads) {
+                  int64_t num_tokens, int64_t top_k, int64_t token_begin, int64_t token_end, void* out,
+                  int num_threads) {
   const int64_t bad = check_row_cover(row_of_pair, num_tokens * top_k, num_rows);
   if (bad != kOk) return bad;
+  if (token_begin < 0 || token_end < token_begin || token_end > num_tokens) return kBadTokenRange;
   switch (type) {
     case ScalarType::kFloat32:
       unpermute_typed<Float32>(static_cast<const float*>(y), hidden, y_stride_row, y_stride_hidden,
-                               row_of_pair, weights, num_tokens, top_k, static_cast<float*>(out),
+                               row_of_pair, weights, token_begin, token_end, top_k, static_cast<float*>(out),
                                num_threads);
       return kOk;
     case ScalarType::kBFloat16:
       unpermute_typed<BFloat16>(static_cast<const uint16_t*>(y), hidden, y_stride_row, y_stride_hidden,
-                                row_of_pair, weights, num_tokens, top_k, static_cast<uint16_t*>(out),
-                                num_threads);
+                                row_of_pair, weights, token_begin, token_end, top_k,
+                                static_cast<uint16_t*>(out), num_threads);
       return kOk;
     case ScalarType::kFloat16:
       unpermute_typed<Float16>(static_cast<const uint16_t*>(y), hidden, y_stride_row, y_stride_hidden,
-                               row_of_pair, weights, num_tokens, top_k, static_cast<uint16_t*>(out),
-                               num_threads);
+                               row_of_pair, weights, token_begin, token_end, top_k,
+                               static_cast<uint16_t*>(out), num_threads);
       return kOk;
     default:
       return -2;

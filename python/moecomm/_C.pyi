@@ -62,9 +62,18 @@ def permute(x: TensorArg, row_of_pair: TensorArg, out: TensorArg, num_threads: i
     """x [T,H] float32/float16/bfloat16 (any strides); row_of_pair [T,K] int64 whose kept rows cover
     [0, N) exactly once (else ValueError naming row_of_pair's TensorArg); out [N,H] contiguous."""
 
-def unpermute(y: TensorArg, row_of_pair: TensorArg, topk_weights: TensorArg, out: TensorArg, num_threads: int) -> None:
+def unpermute(
+    y: TensorArg,
+    row_of_pair: TensorArg,
+    topk_weights: TensorArg,
+    out: TensorArg,
+    token_begin: int,
+    token_end: int,
+    num_threads: int,
+) -> None:
     """y [N,H]; row_of_pair [T,K] int64 covering [0, N) exactly once; topk_weights [T,K] float32;
-    out [T,H] in y's dtype."""
+    out [token_end - token_begin, H] in y's dtype: the tokens [token_begin, token_end) of the combine
+    (0 <= begin <= end <= T, else ValueError naming tokens)."""
 
 def pack_padded(rows: TensorArg, counts: TensorArg, out: TensorArg, num_threads: int) -> None:
     """rows [N,H]; counts [B] int64; out [B,capacity,H] contiguous, zero padded."""

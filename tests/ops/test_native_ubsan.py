@@ -33,7 +33,7 @@ int main() {
   for (int threads : {1, 2}) {
     // H = 0: rows exist but hold no bytes; data pointers are null.
     expect(permute(nullptr, 1, 0, 0, 1, 4, one_row, 1, nullptr, 1, threads), kOk, "permute H=0");
-    expect(unpermute(nullptr, ScalarType::kFloat32, 1, 0, 0, 1, one_row, weight, 1, 1, nullptr, threads), kOk, "unpermute H=0");
+    expect(unpermute(nullptr, ScalarType::kFloat32, 1, 0, 0, 1, one_row, weight, 1, 1, 0, 1, nullptr, threads), kOk, "unpermute H=0");
     const int64_t two[2] = {1, 1};
     expect(pack_padded(nullptr, 2, 0, 0, 1, 4, two, 2, 1, nullptr, threads), kOk, "pack_padded H=0");
     expect(unpack_padded(nullptr, 2, 1, 0, 0, 0, 1, 4, two, nullptr, 2, threads), kOk, "unpack_padded H=0");
@@ -44,7 +44,7 @@ int main() {
     expect(unpack_padded(nullptr, 1, 0, 8, 0, 8, 1, 4, no_counts, nullptr, 0, threads), kOk, "unpack_padded empty");
     expect(regroup_blocks(nullptr, 0, 8, 8, 1, 4, no_counts, 1, 1, nullptr, threads), kOk, "regroup_blocks empty");
     expect(permute(nullptr, 0, 8, 8, 1, 4, nullptr, 2, nullptr, 0, threads), kOk, "permute T=0");
-    expect(unpermute(nullptr, ScalarType::kBFloat16, 0, 8, 8, 1, nullptr, nullptr, 0, 2, nullptr, threads), kOk, "unpermute T=0");
+    expect(unpermute(nullptr, ScalarType::kBFloat16, 0, 8, 8, 1, nullptr, nullptr, 0, 2, 0, 0, nullptr, threads), kOk, "unpermute T=0");
     int64_t per_expert[2] = {7, 7};
     expect(route_layout<int32_t>(nullptr, 0, 2, 2, nullptr, per_expert, nullptr, threads), kOk, "route_layout T=0");
     expect(per_expert[0] + per_expert[1], 0, "route_layout T=0 counts");

@@ -173,8 +173,21 @@ def test_every_entry_point_rechecks_extents():
             tensor_arg("layout", layout.row_of_pair),
             forged("topk_weights", weights, [8, 2], [2, 1], nbytes=60),
             tensor_arg("out", tokens),
+            0,
+            8,
             1,
         )
+    for begin, end in ((-1, 8), (3, 2), (0, 9)):  # the token range is checked before any kernel runs
+        with pytest.raises(ValueError, match=r"^tokens: expected a range \[begin, end\)"):
+            _C.unpermute(
+                tensor_arg("y", y),
+                tensor_arg("layout", layout.row_of_pair),
+                tensor_arg("topk_weights", weights),
+                tensor_arg("out", tokens),
+                begin,
+                end,
+                1,
+            )
     with pytest.raises(ValueError, match="^rows: .*storage holds"):
         _C.pack_padded(forged("rows", rows, [6, 4], [5, 1]), tensor_arg("counts", counts), tensor_arg("out", packed), 1)
     with pytest.raises(ValueError, match="^buffer: .*storage holds"):

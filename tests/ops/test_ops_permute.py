@@ -146,3 +146,43 @@ def test_unpermute_keeps_nan_and_inf_in_their_columns(dtype):
     assert torch.isnan(got[0, 33]) and int(torch.isnan(got).sum()) == 1
     assert got[1, 5] == float("inf") and int(torch.isinf(got).sum()) == 1
     assert bool((got[~torch.isnan(got) & ~torch.isinf(got)] == 1).all())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    routing=routings(),
+    hidden=st.sampled_from([1, 17, 64]),
+    dtype=st.sampled_from(ACTIVATION_DTYPES),
+    cut=st.tuples(st.floats(0, 1), st.floats(0, 1)),
+    seed=st.integers(0, 1000),
+)
+def test_unpermute_of_a_token_range_is_that_slice_of_the_whole(routing, hidden, dtype, cut, seed):
+    """``tokens=(begin, end)`` writes exactly rows [begin, end) of the full combine, native and reference alike."""
+    x = activations(routing, hidden, dtype, seed, non_contiguous=False)
+    layout = ops.route_layout(routing.topk_ids, routing.num_experts, routing.num_ranks)
+    y = ops.permute(x, layout) * 1.5
+    num_tokens = x.shape[0]
+    begin, end = sorted(int(c * num_tokens) for c in cut)
+    whole = ops.unpermute(y, layout, routing.topk_weights)
+    out = torch.full((end - begin, hidden), 7.0, dtype=dtype)
+    got = ops.unpermute(y, layout, routing.topk_weights, out=out, tokens=(begin, end))
+    assert got is out and torch.equal(got, whole[begin:end])
+    want = reference.unpermute(y, layout, routing.topk_weights, tokens=(begin, end))
+    rtol, atol = TOLERANCE[dtype]
+    torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("impl", [ops, reference], ids=["native", "reference"])
+def test_unpermute_token_range_is_checked(impl):
+    ids = torch.tensor([[0, 1], [1, 0], [0, 0]])
+    layout = ops.route_layout(ids, 2)
+    y = torch.randn(layout.num_rows, 4)
+    weights = torch.ones(3, 2)
+    for tokens in ((-1, 2), (2, 1), (0, 4)):
+        with pytest.raises(ValueError, match=r"^tokens: expected 0 <= begin <= end <= 3"):
+            impl.unpermute(y, layout, weights, tokens=tokens)
+    with pytest.raises(TypeError, match="^tokens: expected None or a"):
+        impl.unpermute(y, layout, weights, tokens=[0, 1])
+    with pytest.raises(ValueError, match=r"^out: "):
+        impl.unpermute(y, layout, weights, tokens=(1, 3), out=torch.empty(3, 4))
+    assert impl.unpermute(y, layout, weights, tokens=(2, 2)).shape == (0, 4)

@@ -53,12 +53,16 @@ int64_t permute(const void* x, int64_t num_tokens, int64_t hidden, int64_t x_str
                 int64_t x_stride_hidden, size_t elem_size, const int64_t* row_of_pair, int64_t top_k,
                 void* out, int64_t num_rows, int num_threads);
 
-// out[t] = sum over k with row >= 0 of weights[t, k] * y[row_of_pair[t, k]], accumulated in float32.
-// y: [N, H] with strides (y_stride_row, y_stride_hidden); weights: [T, K] float32 contiguous;
-// out: [T, H] contiguous, same type as y. row_of_pair is checked as for permute (same return codes).
+// out[t - token_begin] = sum over k with row >= 0 of weights[t, k] * y[row_of_pair[t, k]], accumulated in
+// float32, for the tokens t in [token_begin, token_end) (a slice of [0, T): the combine of one source's
+// tokens). y: [N, H] with strides (y_stride_row, y_stride_hidden); weights: [T, K] float32 contiguous; out:
+// [token_end - token_begin, H] contiguous, same type as y. The whole row_of_pair [T, K] is checked as for
+// permute (same return codes); a range outside [0, T] (or reversed) returns kBadTokenRange.
+constexpr int64_t kBadTokenRange = -3;  // (-2: a dtype the kernel does not take)
 int64_t unpermute(const void* y, ScalarType type, int64_t num_rows, int64_t hidden, int64_t y_stride_row,
                   int64_t y_stride_hidden, const int64_t* row_of_pair, const float* weights,
-                  int64_t num_tokens, int64_t top_k, void* out, int num_threads);
+                  int64_t num_tokens, int64_t top_k, int64_t token_begin, int64_t token_end, void* out,
+                  int num_threads);
 
 // Copies expert-major rows [N, H] (strides given) into a zero-padded [B, capacity, H] contiguous
 // buffer; bucket b takes counts[b] consecutive rows. The caller checked counts (each in

@@ -64,8 +64,10 @@ class KernelBackend(ABC):
         is_kept: torch.Tensor | None = None,
         *,
         out: torch.Tensor | None = None,
+        tokens: tuple[int, int] | None = None,
     ) -> torch.Tensor:
-        """``y [N_kept, H]``, ``topk_weights [T, K]`` -> ``[T, H]`` weighted sums (float32 accumulation)."""
+        """``y [N_kept, H]``, ``topk_weights [T, K]`` -> ``[T, H]`` weighted sums (float32 accumulation); only the
+        tokens ``[begin, end)`` with ``tokens=(begin, end)`` (see :func:`moecomm.ops.unpermute`)."""
 
     @abstractmethod
     def pack_padded(

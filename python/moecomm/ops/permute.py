@@ -31,6 +31,22 @@ def check_unpermute_args(
     return y, layout, weights
 
 
+def check_token_range(tokens: object, num_tokens: int) -> tuple[int, int]:
+    """Checks unpermute's ``tokens`` (None: all ``num_tokens``) -> ``(begin, end)``."""
+    if tokens is None:
+        return 0, num_tokens
+    if (
+        not isinstance(tokens, tuple)
+        or len(tokens) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in tokens)
+    ):
+        raise TypeError(f"tokens: expected None or a (begin, end) tuple of two ints, got {tokens!r}")
+    begin, end = tokens
+    if not 0 <= begin <= end <= num_tokens:
+        raise ValueError(f"tokens: expected 0 <= begin <= end <= {num_tokens} (the layout's tokens), got {tokens}")
+    return begin, end
+
+
 def kept_layout(layout: RouteLayout, is_kept: torch.Tensor | None) -> RouteLayout:
     """The layout with only the pairs of ``is_kept [T, K] bool`` (``layout`` itself when None)."""
     if is_kept is None:
@@ -83,6 +99,7 @@ def unpermute(
     is_kept: torch.Tensor | None = None,
     *,
     out: torch.Tensor | None = None,
+    tokens: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Combines expert-major rows back into tokens: ``out[t] = sum over kept k of w[t,k] * y[row(t,k)]``.
 
@@ -93,20 +110,25 @@ def unpermute(
         layout: the layout ``y`` was permuted with, on y's device.
         topk_weights: ``[T, K]`` float32/float16/bfloat16 gate weights (not renormalised).
         is_kept: optional ``[T, K]`` bool, the same mask given to :func:`permute`.
-        out: optional ``[T, H]`` contiguous tensor of y's dtype and device to write into; it may share
-            no memory with y, topk_weights or the layout.
+        out: optional ``[T, H]`` (``[end - begin, H]`` with ``tokens``) contiguous tensor of y's dtype and
+            device to write into; it may share no memory with y, topk_weights or the layout.
+        tokens: optional ``(begin, end)``: combine only the tokens ``[begin, end)`` of the layout (row
+            ``t - begin`` of the result is token t); ``0 <= begin <= end <= T``. Used to write one source
+            rank's combined rows straight into its shared region.
 
     Returns:
-        ``[T, H]`` in y's dtype, accumulated in float32. Tokens with no kept pair are zero.
+        ``[T, H]`` (or ``[end - begin, H]``) in y's dtype, accumulated in float32. Tokens with no kept pair
+        are zero.
     """
     if not runs_natively(y):
-        return reference_ops().unpermute(y, layout, topk_weights, is_kept, out=out)
+        return reference_ops().unpermute(y, layout, topk_weights, is_kept, out=out, tokens=tokens)
     y, layout, weights = check_unpermute_args(y, layout, topk_weights)
     layout = kept_layout(layout, is_kept)
     check_row_count("y", y, layout)
+    begin, end = check_token_range(tokens, layout.topk_ids.shape[0])
     out = output_buffer(
         out,
-        (layout.topk_ids.shape[0], y.shape[1]),
+        (end - begin, y.shape[1]),
         dtype=y.dtype,
         device=y.device,
         inputs={"y": y, "topk_weights": weights, "layout": layout.row_of_pair},
@@ -118,6 +140,8 @@ def unpermute(
         tensor_arg("layout", layout.row_of_pair),
         tensor_arg("topk_weights", weights_f32),
         tensor_arg("out", out),
+        begin,
+        end,
         num_threads(),
     )
     return out

@@ -15,7 +15,7 @@ from moecomm.ops._out import new_tensor, output_buffer
 from moecomm.ops.capacity import capacity_for_ratio, capacity_from_factor, drop_budget
 from moecomm.ops.layout import RouteLayout, tokens_per_rank_of
 from moecomm.ops.padded import check_pack_args, check_unpack_args
-from moecomm.ops.permute import check_permute_args, check_row_count, check_unpermute_args
+from moecomm.ops.permute import check_permute_args, check_row_count, check_token_range, check_unpermute_args
 from moecomm.ops.reference_quant import dequantize_from_wire, dequantize_rows, quantize_rows, quantize_to_wire
 from moecomm.ops.regroup import check_regroup_args
 from moecomm.ops.select import check_select_args
@@ -139,16 +139,18 @@ def unpermute(
     is_kept: torch.Tensor | None = None,
     *,
     out: torch.Tensor | None = None,
+    tokens: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Reference of :func:`moecomm.ops.unpermute`: float32 index_add."""
+    """Reference of :func:`moecomm.ops.unpermute`: float32 index_add (over all tokens, then the slice)."""
     y, layout, weights = check_unpermute_args(y, layout, topk_weights)
     layout = kept_layout_reference(layout, is_kept)
     check_row_count("y", y, layout)
     check_rows_cover(layout)
     num_tokens, top_k = layout.row_of_pair.shape
+    begin, end = check_token_range(tokens, num_tokens)
     out = output_buffer(
         out,
-        (num_tokens, y.shape[1]),
+        (end - begin, y.shape[1]),
         dtype=y.dtype,
         device=y.device,
         inputs={"y": y, "topk_weights": weights, "layout": layout.row_of_pair},
@@ -160,7 +162,7 @@ def unpermute(
     contrib = y[rows[kept]].float() * weights.reshape(-1)[kept].float().unsqueeze(1)
     summed = torch.zeros((num_tokens, y.shape[1]), dtype=torch.float32, device=y.device)
     summed.index_add_(0, token_of_pair, contrib)
-    return out.copy_(summed)
+    return out.copy_(summed[begin:end])
 
 
 def pack_padded(

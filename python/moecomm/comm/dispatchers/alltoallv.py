@@ -13,8 +13,8 @@ same kept pairs, and a dropped pair is never sent (a token whose pairs on d are 
 With ``dispatch_quant`` the token rows cross as quantized wire rows (quantized once per destination, straight
 into the send buffer or the peer's region) and are dequantized while they are laid out expert-major.
 
-Buffers reused across steps: ``expert_x`` and ``partial``, plus the exchange's (``send`` and ``recv`` over
-collectives; the shared regions over ``shm``).
+Buffers reused across steps: ``expert_x``, plus the exchange's (``send``, ``recv`` and ``partial`` over
+collectives; over ``shm`` the shared regions, into which combine reduces each source's partial rows directly).
 """
 
 from __future__ import annotations
@@ -181,10 +181,8 @@ class AlltoallvDispatcher(Dispatcher):
         backend = self.backend_for(expert_y)
         if handle.dest_layout is None:
             return backend.unpermute(expert_y, handle.recv_layout, handle.recv_weights)
-        num_partial = sum(handle.recv_splits)
-        partial = backend.unpermute(
-            expert_y, handle.recv_layout, handle.recv_weights, out=self.buffer("partial", num_partial, expert_y)
+        returned = self.exchange.combine_partials(
+            backend, expert_y, handle.recv_layout, handle.recv_weights, handle.token_counts
         )
-        returned = self.exchange.return_partials(partial, handle.token_counts)
         ones = torch.ones(handle.dest_layout.row_of_pair.shape, dtype=torch.float32, device=expert_y.device)
         return backend.unpermute(returned, handle.dest_layout, ones)

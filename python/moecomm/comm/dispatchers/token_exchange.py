@@ -7,7 +7,7 @@ Both exchanges move the same bytes in the same order, so the dispatcher above th
   rows come back with a third.
 - :class:`RegionTokenExchange` (transports with shared regions, i.e. ``shm``): the sender copies (or, with
   ``dispatch_quant``, quantizes) each token row from ``x`` straight into the destination's ``dispatch`` region (no send buffer, no receive copy), and
-  each expert rank copies its partial rows straight into the source's ``combine`` region; a ``sync`` (one
+  each expert rank reduces its partial rows straight into the source's ``combine`` region; a ``sync`` (one
   barrier) publishes each step's writes.
 
 Region layout of rank d (offsets from the count exchange, identical on every rank): ``dispatch`` holds
@@ -80,8 +80,19 @@ class CollectiveTokenExchange:
         )
         return received_rows, received_metadata
 
-    def return_partials(self, partial: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """Sends ``partial [N_in, H]`` rows back to their sources; returns this rank's ``[N_back, H]``."""
+    def combine_partials(
+        self,
+        backend: KernelBackend,
+        expert_y: torch.Tensor,
+        recv_layout: RouteLayout,
+        recv_weights: torch.Tensor,
+        counts: torch.Tensor,
+    ) -> torch.Tensor:
+        """Reduces ``expert_y [N_recv, H]`` into one partial row per received token row (``recv_layout`` and
+        ``recv_weights [N_in, K]``, float32 accumulation), sends each back to its source; returns this rank's
+        ``[N_back, H]`` partial rows (from each destination in rank order)."""
+        num_in = recv_layout.row_of_pair.shape[0]
+        partial = backend.unpermute(expert_y, recv_layout, recv_weights, out=self._buffer("partial", num_in, expert_y))
         send_splits, recv_splits = self._splits(counts)
         return self.transport.all_to_all(
             "combine",
@@ -163,12 +174,20 @@ class RegionTokenExchange:
         zeros = torch.zeros(mask.shape, dtype=torch.int64, device=mask.device)
         return backend.route_layout(zeros, 1, 1, mask)
 
-    def return_partials(self, partial: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """See :meth:`CollectiveTokenExchange.return_partials`; the result is a view of this rank's ``combine``
+    def combine_partials(
+        self,
+        backend: KernelBackend,
+        expert_y: torch.Tensor,
+        recv_layout: RouteLayout,
+        recv_weights: torch.Tensor,
+        counts: torch.Tensor,
+    ) -> torch.Tensor:
+        """See :meth:`CollectiveTokenExchange.combine_partials`; each source's partial rows are reduced straight
+        into its ``combine`` region (no partial buffer, no copy). The result is a view of this rank's ``combine``
         region, valid until the next step's partial exchange."""
         transport, rank, num_ranks = self.transport, self.transport.rank, self.transport.world_size
-        hidden = partial.shape[1]
-        row_bytes = hidden * partial.element_size()
+        hidden = expert_y.shape[1]
+        row_bytes = hidden * expert_y.element_size()
         from_sources = counts[:, rank].tolist()
         source_offsets = _row_offsets(from_sources)
         for source in range(num_ranks):
@@ -177,11 +196,12 @@ class RegionTokenExchange:
                 continue
             first = _row_offsets(counts[source].tolist())[rank]
             region = transport.region(source, "combine")
-            view = region[first * row_bytes : (first + count) * row_bytes].view(partial.dtype).view(count, hidden)
-            view.copy_(partial[source_offsets[source] : source_offsets[source] + count])
+            view = region[first * row_bytes : (first + count) * row_bytes].view(expert_y.dtype).view(count, hidden)
+            tokens = (source_offsets[source], source_offsets[source] + count)
+            backend.unpermute(expert_y, recv_layout, recv_weights, out=view, tokens=tokens)
         transport.sync("combine", "partial exchange")
         num_back = int(counts[rank].sum())
-        return transport.region(rank, "combine")[: num_back * row_bytes].view(partial.dtype).view(num_back, hidden)
+        return transport.region(rank, "combine")[: num_back * row_bytes].view(expert_y.dtype).view(num_back, hidden)
 
 
 def token_exchange(transport: Transport, workspace: Workspace) -> CollectiveTokenExchange | RegionTokenExchange:
