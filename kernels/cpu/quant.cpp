@@ -174,8 +174,8 @@ uint32_t absmax_bits_lanes(const typename Type::Storage* v, int64_t n) {
   __m512i m0 = _mm512_setzero_si512(), m1 = _mm512_setzero_si512();
   int64_t i = 0;
   for (; i + 2 * simd::kLanes <= n; i += 2 * simd::kLanes) {
-    m0 = _mm512_max_epu32(m0, abs_bits(L::load(v + i, 0xffff)));
-    m1 = _mm512_max_epu32(m1, abs_bits(L::load(v + i + simd::kLanes, 0xffff)));
+    m0 = _mm512_max_epu32(m0, abs_bits(L::load(v + i, simd::kAllLanes)));
+    m1 = _mm512_max_epu32(m1, abs_bits(L::load(v + i + simd::kLanes, simd::kAllLanes)));
   }
   for (; i < n; i += simd::kLanes)
     m0 = _mm512_max_epu32(m0, abs_bits(L::load(v + i, simd::first_lanes(n - i))));
@@ -197,10 +197,10 @@ void quantize_block_lanes(const typename Type::Storage* v, int64_t n, const Bloc
   };
   int64_t i = 0;
   for (; i + 4 * simd::kLanes <= n; i += 4 * simd::kLanes) {
-    __m512i packed = _mm512_castsi128_si512(codes_of(i, 0xffff));
-    packed = _mm512_inserti32x4(packed, codes_of(i + 16, 0xffff), 1);
-    packed = _mm512_inserti32x4(packed, codes_of(i + 32, 0xffff), 2);
-    packed = _mm512_inserti32x4(packed, codes_of(i + 48, 0xffff), 3);
+    __m512i packed = _mm512_castsi128_si512(codes_of(i, simd::kAllLanes));
+    packed = _mm512_inserti32x4(packed, codes_of(i + 16, simd::kAllLanes), 1);
+    packed = _mm512_inserti32x4(packed, codes_of(i + 32, simd::kAllLanes), 2);
+    packed = _mm512_inserti32x4(packed, codes_of(i + 48, simd::kAllLanes), 3);
     _mm512_storeu_si512(q + i, packed);
   }
   for (; i < n; i += simd::kLanes) {

@@ -15,10 +15,11 @@
 namespace moecomm::cpu::simd {
 
 constexpr int64_t kLanes = 16;
+constexpr __mmask16 kAllLanes = 0xffff;
 
 // Lanes [0, n) of 16, for n in [0, 16].
 inline __mmask16 first_lanes(int64_t n) {
-  return n >= kLanes ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
+  return n >= kLanes ? kAllLanes : static_cast<__mmask16>((1u << n) - 1u);
 }
 
 // Lanes<Type>: 16 values of element type Type (convert.h) as float32 lanes. load is exact; store rounds like
@@ -45,7 +46,12 @@ struct Lanes<BFloat16> {
     const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
                                                   _mm512_set1_epi32(0x7f800000));
     rounded = _mm512_mask_mov_epi32(rounded, nan, _mm512_or_si512(high, _mm512_set1_epi32(0x40)));
-    _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(rounded));
+    const __m256i packed = _mm512_cvtepi32_epi16(rounded);
+    if (m == kAllLanes) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), packed);  // masked stores are slower on some cores
+    } else {
+      _mm256_mask_storeu_epi16(p, m, packed);
+    }
   }
 };
 
@@ -53,7 +59,13 @@ template <>
 struct Lanes<Float32> {
   static constexpr bool kLoad = true, kStore = true;
   static __m512 load(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
-  static void store(float* p, __m512 v, __mmask16 m) { _mm512_mask_storeu_ps(p, m, v); }
+  static void store(float* p, __m512 v, __mmask16 m) {
+    if (m == kAllLanes) {
+      _mm512_storeu_ps(p, v);
+    } else {
+      _mm512_mask_storeu_ps(p, m, v);
+    }
+  }
 };
 
 template <>

@@ -37,7 +37,7 @@ void weighted_rows(const typename Type::Storage* const* rows, const float* weigh
                    int64_t hidden, typename Type::Storage* out) {
   using L = Lanes<Type>;
   int64_t h = 0;
-  const __mmask16 all = 0xffff;
+  const __mmask16 all = kAllLanes;
   for (; h + 32 <= hidden; h += 32) {
     __m512 low = _mm512_setzero_ps(), high = _mm512_setzero_ps();
     for (int64_t j = 0; j < count; ++j) {
