@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "convert.h"
+#include "copy.h"
 #include "moecomm/cpu_kernels.h"
 #include "parallel.h"
 #include "row_cover.h"
@@ -33,7 +34,8 @@ void unpermute_typed(const typename Type::Storage* y, int64_t hidden, int64_t y_
         const Storage* src = y + row * y_stride_row;
         if (y_stride_hidden != 1) {
           Storage* into = gathered.data() + count * hidden;
-          for (int64_t h = 0; h < hidden; ++h) into[h] = src[h * y_stride_hidden];
+          copy_row(reinterpret_cast<char*>(into), reinterpret_cast<const char*>(src), hidden, y_stride_hidden,
+                   sizeof(Storage));
           src = into;
         }
         rows[static_cast<size_t>(count)] = src;

@@ -186,3 +186,18 @@ def test_unpermute_token_range_is_checked(impl):
     with pytest.raises(ValueError, match=r"^out: "):
         impl.unpermute(y, layout, weights, tokens=(1, 3), out=torch.empty(3, 4))
     assert impl.unpermute(y, layout, weights, tokens=(2, 2)).shape == (0, 4)
+
+
+@pytest.mark.parametrize("dtype", ACTIVATION_DTYPES)
+@pytest.mark.parametrize("hidden", [1, 17, 37, 64])
+def test_unpermute_of_strided_rows_equals_contiguous_rows(dtype, hidden):
+    """Rows with a column stride (gathered into scratch rows first) combine exactly as their contiguous copy."""
+    torch.manual_seed(hidden)
+    layout = ops.route_layout(torch.randint(0, 8, (50, 4)), 8)
+    weights = torch.rand(50, 4)
+    y = torch.randn(layout.num_rows, hidden).to(dtype)
+    wide = torch.zeros(layout.num_rows, 2 * hidden, dtype=dtype)
+    wide[:, ::2] = y
+    want = ops.unpermute(y, layout, weights)
+    for strided in (y.t().contiguous().t(), wide[:, ::2]):
+        assert torch.equal(ops.unpermute(strided, layout, weights), want)
