@@ -4,6 +4,8 @@ outputs (views of wider rows, like a shared region), and bad input."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -115,24 +117,10 @@ def test_wire_bad_input_is_named(impl):
 def test_wire_scatter_with_a_forged_row_map_is_refused_by_the_core():
     x = torch.randn(3, 8)
     layout = ops.route_layout(torch.tensor([[0], [1], [1]]), 2)
-    forged = ops.RouteLayout(
-        layout.topk_ids,
-        layout.tokens_per_expert,
-        layout.tokens_per_rank,
-        torch.tensor([[0], [5], [1]]),
-        layout.num_experts,
-        layout.num_ranks,
-    )
+    forged = dataclasses.replace(layout, row_of_pair=torch.tensor([[0], [5], [1]]))
     with pytest.raises(ValueError, match="row_of_pair|layout"):
         ops.quantize_to_wire(x, "int8", forged)
     wire = ops.quantize_to_wire(x, "int8")
-    repeated = ops.RouteLayout(
-        layout.topk_ids,
-        layout.tokens_per_expert,
-        layout.tokens_per_rank,
-        torch.tensor([[0], [1], [1]]),
-        layout.num_experts,
-        layout.num_ranks,
-    )
+    repeated = dataclasses.replace(layout, row_of_pair=torch.tensor([[0], [1], [1]]))
     with pytest.raises(ValueError, match="row_of_pair|layout"):
         ops.dequantize_from_wire(wire, 8, "int8", torch.float32, repeated)

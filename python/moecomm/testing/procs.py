@@ -54,18 +54,21 @@ def engine_env(env: dict | None = None) -> Iterator[dict]:
     stop = threading.Event()
 
     def note_stores() -> None:
-        while not stop.wait(0.5):
-            with contextlib.suppress(FileNotFoundError):
-                stores.update(name for name in os.listdir(tmp) if name.startswith("vllm_dist_"))
+        with contextlib.suppress(FileNotFoundError):
+            stores.update(name for name in os.listdir(tmp) if name.startswith("vllm_dist_"))
 
-    watcher = threading.Thread(target=note_stores, daemon=True)
+    def watch() -> None:
+        while not stop.wait(0.5):
+            note_stores()
+
+    watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
         yield dict(env if env is not None else os.environ, TMPDIR=tmp)
     finally:
         stop.set()
         watcher.join()
-        stores.update(name for name in os.listdir(tmp) if name.startswith("vllm_dist_"))
+        note_stores()
         if stores and os.path.isdir(SHM_DIR):
             for name in os.listdir(SHM_DIR):
                 if any(name.startswith(store + "-") for store in stores):
