@@ -88,9 +88,11 @@ class CollectiveTokenExchange:
         recv_weights: torch.Tensor,
         counts: torch.Tensor,
     ) -> torch.Tensor:
-        """Reduces ``expert_y [N_recv, H]`` into one partial row per received token row (``recv_layout`` and
-        ``recv_weights [N_in, K]``, float32 accumulation), sends each back to its source; returns this rank's
-        ``[N_back, H]`` partial rows (from each destination in rank order)."""
+        """Reduces ``expert_y [N_recv, H]`` (float32/float16/bfloat16, expert-major) into one partial row per
+        received token row (``recv_layout`` over the ``N_in`` received token rows and ``recv_weights [N_in, K]``
+        float32; float32 accumulation), sends each back to its source (``counts [R, R]`` int64 token rows per
+        (source, destination)); returns this rank's ``[N_back, H]`` partial rows in expert_y's dtype (from each
+        destination in rank order)."""
         num_in = recv_layout.row_of_pair.shape[0]
         partial = backend.unpermute(expert_y, recv_layout, recv_weights, out=self._buffer("partial", num_in, expert_y))
         send_splits, recv_splits = self._splits(counts)
