@@ -6,6 +6,8 @@ Every collective runs asynchronously and is waited on for at most ``timeout_s``.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -70,12 +72,27 @@ class TorchTransport(Transport):
     def describe(self) -> str:
         return f"torch transport ({self.backend})" if self.backend else "torch transport (one process)"
 
-    def _wait(self, work: Any) -> None:
-        if work is not None:
-            # On a private group gloo's own timeout (timeout_s per transfer) ends an abandoned collective first,
-            # so its worker thread is free before the step raises (and the process can exit cleanly).
-            grace = _PRIVATE_GROUP_GRACE if self._private_key is not None else timedelta(0)
+    def _run(self, issue: Callable[[], Any], *tensors: torch.Tensor) -> None:
+        """Issues one asynchronous collective on ``tensors`` (``issue()`` returns its Work) and waits for it.
+
+        On a private group gloo's own timeout (timeout_s per transfer) ends an abandoned collective first, so
+        its worker thread is free before the step raises. A failed collective is also waited on until gloo's
+        worker has released ``tensors`` (at most timeout_s more): that worker drops the last C++ reference of
+        each tensor, which takes the GIL, and a thread that takes the GIL while the interpreter finalises is
+        ended mid-destructor (the process aborts). Without this wait a rank that raises and returns at once
+        aborted at exit about one time in three.
+        """
+        held = [tensor._use_count() for tensor in tensors]
+        work = issue()
+        if work is None:
+            return
+        grace = _PRIVATE_GROUP_GRACE if self._private_key is not None else timedelta(0)
+        try:
             work.wait(timeout=self.timeout + grace)
+        except BaseException:
+            work = None  # the traceback keeps this frame: its reference to the Work must not stay
+            _await_release(tensors, held, self.timeout.total_seconds())
+            raise
 
     def all_gather(
         self, phase: str, step: str, tensor: torch.Tensor, *, out: torch.Tensor | None = None
@@ -91,7 +108,11 @@ class TorchTransport(Transport):
         gathered = tensor.new_empty(shape) if out is None else out
         # gloo wants the output as the inputs concatenated along dim 0, not stacked.
         flat = gathered.view(self.world_size * tensor.shape[0], *tensor.shape[1:])
-        self.step(phase, step, lambda: self._wait(_ALL_GATHER(flat, tensor, group=self.group, async_op=True)))
+        self.step(
+            phase,
+            step,
+            lambda: self._run(lambda: _ALL_GATHER(flat, tensor, group=self.group, async_op=True), flat, tensor),
+        )
         return gathered
 
     def all_to_all(
@@ -115,8 +136,8 @@ class TorchTransport(Transport):
             return self.step(phase, step, lambda: out.copy_(tensor))
         received = tensor.new_empty(shape) if out is None else out
 
-        def action() -> None:
-            work = dist.all_to_all_single(
+        def issue() -> Any:
+            return dist.all_to_all_single(
                 received,
                 tensor,
                 output_split_sizes=output_splits,
@@ -124,9 +145,8 @@ class TorchTransport(Transport):
                 group=self.group,
                 async_op=True,
             )
-            self._wait(work)
 
-        self.step(phase, step, action)
+        self.step(phase, step, lambda: self._run(issue, received, tensor))
         return received
 
     def reduce_scatter(
@@ -139,7 +159,13 @@ class TorchTransport(Transport):
         if self.group is None:
             return self.step(phase, step, lambda: tensor.clone() if out is None else out.copy_(tensor))
         received = tensor.new_empty(shape) if out is None else out
-        self.step(phase, step, lambda: self._wait(_REDUCE_SCATTER(received, tensor, group=self.group, async_op=True)))
+        self.step(
+            phase,
+            step,
+            lambda: self._run(
+                lambda: _REDUCE_SCATTER(received, tensor, group=self.group, async_op=True), received, tensor
+            ),
+        )
         return received
 
     def barrier(self, phase: str, step: str) -> None:
@@ -173,3 +199,11 @@ class TorchTransport(Transport):
         """Retires the private group: its pending collective may never complete."""
         if self._private_key is not None and _PRIVATE_GROUPS.get(self._private_key) is self.group:
             del _PRIVATE_GROUPS[self._private_key]
+
+
+def _await_release(tensors: Sequence[torch.Tensor], held: Sequence[int], limit_s: float) -> None:
+    """Polls until every tensor's C++ use count is back to ``held`` (what it was before the collective took
+    its references), for at most ``limit_s`` seconds."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline and any(tensor._use_count() > count for tensor, count in zip(tensors, held)):
+        time.sleep(0.001)
