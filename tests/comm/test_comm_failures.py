@@ -38,8 +38,11 @@ def test_comm_rank_exit_mid_step_raises_naming_step(dispatcher: str) -> None:
     assert error.startswith("CommStepError") and f"rank 0: {dispatcher} dispatch step 'count exchange' failed" in error
 
 
-def test_process_exits_promptly_after_an_abandoned_gloo_step(tmp_path) -> None:
-    """A rank whose step timed out (its gloo collective left pending) still exits promptly when it returns."""
+@pytest.mark.parametrize("mode", ["dispatcher", "transport"])
+def test_process_exits_promptly_after_an_abandoned_gloo_step(tmp_path, mode: str) -> None:
+    """A rank whose step timed out (its gloo collective left pending) still exits promptly and cleanly when it
+    returns; by the time the step raised, gloo's worker holds no reference to the caller's tensors (its release
+    of the last one takes the GIL, which aborted the process when it came during interpreter shutdown)."""
     import subprocess
     import sys
     import time
@@ -49,7 +52,7 @@ def test_process_exits_promptly_after_an_abandoned_gloo_step(tmp_path) -> None:
     init_file = tmp_path / "init"
     procs = [
         subprocess.Popen(
-            [sys.executable, str(script), str(rank), "2", str(init_file)],
+            [sys.executable, str(script), str(rank), "2", str(init_file), mode],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -61,7 +64,11 @@ def test_process_exits_promptly_after_an_abandoned_gloo_step(tmp_path) -> None:
         raised_at = time.monotonic()
         assert line.startswith("RAISED "), line + procs[0].stdout.read()
         assert float(line.split()[1]) < 2.0 + 3.0, line
-        assert "rank 0: alltoallv dispatch step 'count exchange' failed" in line, line
+        step = "alltoallv dispatch step 'count exchange'" if mode == "dispatcher" else "abandoned dispatch step 'rows'"
+        assert f"rank 0: {step} failed" in line, line
+        if mode == "transport":
+            counts = procs[0].stdout.readline()
+            assert counts.split() == ["USE_COUNTS", "1", "1"], counts
         code = procs[0].wait(timeout=30)
         exit_seconds = time.monotonic() - raised_at
         assert code == 0, procs[0].stdout.read()  # a clean exit, not an abort on a still-running gloo thread
