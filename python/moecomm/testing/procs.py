@@ -15,11 +15,14 @@ from collections.abc import Iterator
 
 
 def kill_process_group(proc: subprocess.Popen) -> None:
-    """Ends the process group led by ``proc`` (started with ``start_new_session=True``), workers included.
+    """Ends the process group led by ``proc`` (started with ``start_new_session=True``), workers included, and
+    removes the ``/dev/shm`` files its processes had mapped that no process outside it maps (a killed vLLM
+    engine leaves its ``psm_*`` message queues and semaphores behind).
 
     SIGTERM first (20 s to exit), then SIGKILL; the group is SIGKILLed once more at the end because
     worker processes may outlive their leader for a moment.
     """
+    group_shm = set().union(*(_mapped_shm_files(pid) for pid in _group_members(proc.pid)))
     for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
         if proc.poll() is not None:
             break
@@ -31,10 +34,44 @@ def kill_process_group(proc: subprocess.Popen) -> None:
             proc.wait(timeout=wait_s)
         except subprocess.TimeoutExpired:
             continue
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    deadline = time.monotonic() + 10
+    while _group_members(proc.pid) and time.monotonic() < deadline:  # SIGKILLed workers vanish soon after
+        time.sleep(0.05)
+    still_mapped = set().union(*(_mapped_shm_files(pid) for pid in _live_pids()))
+    for path in group_shm - still_mapped:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+def _live_pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live processes of process group ``pgid`` (zombies excluded)."""
+    members = []
+    for pid in _live_pids():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, pgrp, ...
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(pid)
+    return members
+
+
+def _mapped_shm_files(pid: int) -> set[str]:
+    """The ``/dev/shm`` files process ``pid`` maps (unlinked ones excluded); empty if it is gone or not ours."""
+    paths = set()
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split(maxsplit=5)  # address perms offset dev inode [path]
+                path = fields[5].strip() if len(fields) == 6 else ""
+                if path.startswith(SHM_DIR + "/") and not path.endswith(" (deleted)"):
+                    paths.add(path)
+    return paths
 
 
 SHM_DIR = "/dev/shm"
