@@ -2,7 +2,8 @@
 
 One run writes a Mixtral-style checkpoint with seeded random weights (real weights, not vLLM's dummy loader,
 so every engine loads the same model), then starts one offline engine per case, one after another, each in
-its own process group (``VLLM_CPU_OMP_THREADS_BIND`` = one core per TP worker), bounded by a timeout and
+its own process group (``VLLM_CPU_OMP_THREADS_BIND`` = one core per TP worker; the engine core in the
+front-end process, the workers in their own, see :data:`IN_PROCESS_ENGINE_CORE`), bounded by a timeout and
 killed at the end:
 
 - ``in-tree/tp2``: ``tensor_parallel_size=2`` without ``--enable-expert-parallel``: vLLM's own CPU fused MoE
@@ -53,6 +54,14 @@ DROP_STATS_PATTERN = re.compile(
     r"load per EP rank max (?P<max>\d+) mean (?P<mean>[0-9.]+) \(max/mean (?P<imbalance>[0-9.]+)\)"
 )
 RESULT_MARK = "VLLM_BENCH_RESULT "
+#: Environment of every case's engine: the engine core runs in the front-end process, so a ``generate`` call
+#: queues all its prompts before the first engine step (one step of ``batch_tokens``). With the engine core in
+#: its own process (vLLM's default) requests reach it one by one while it already steps: a call could take two
+#: steps, and in the DP case a rank could run a ``max_tokens=1`` call's first step on part of its prompts; all
+#: of those finish in that step, the ranks end the wave at its first all-reduce, and the late prompts start a
+#: wave of their own that the other rank's idle engine never joins (the run hung in ``_synchronize_dp_ranks``).
+#: In-process, DP ranks also agree on "work left?" before every step.
+IN_PROCESS_ENGINE_CORE = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 
 @dataclass(frozen=True)
@@ -250,6 +259,7 @@ def engine_worker(spec: dict[str, Any]) -> dict[str, Any]:
     warm-up and timed ``generate`` calls; returns ``{"samples_s", "startup_s", "first_tokens"}``."""
     config = VllmBenchConfig(**spec["config"])
     dp_size, dp_rank = spec.get("data_parallel", 1), spec.get("dp_rank", 0)
+    os.environ.update(IN_PROCESS_ENGINE_CORE)
     if dp_size > 1:  # vLLM's offline data parallel: this process is DP rank dp_rank, with its share of prompts
         os.environ.update(dp_rank_env(dp_rank, dp_size, spec["master_port"]))
     from vllm import LLM, SamplingParams
@@ -270,6 +280,7 @@ def engine_worker(spec: dict[str, Any]) -> dict[str, Any]:
         kv_cache_memory_bytes=config.kv_cache_bytes,
         enable_prefix_caching=False,
         seed=config.seed,
+        distributed_executor_backend="mp",  # CPU workers in their own processes (vLLM's OMP binding needs it)
     )
     startup_s = time.perf_counter() - started
     params = SamplingParams(max_tokens=1, temperature=0, detokenize=False)
@@ -482,9 +493,9 @@ def summarise(config: VllmBenchConfig, results: dict[str, tuple[dict[str, Any], 
             "moecomm": settings[name]["moecomm"],
         }
         if settings[name]["ep"]:
-            # One line per engine step (a generate call may take more than one step: the engine starts on
-            # the first requests while later ones arrive); every call runs the same prompts, so all logged
-            # steps (warm-up and timed) are summed. The last step is only flushed by a later one.
+            # One line per engine step (one per call: the in-process engine core queues a call's prompts
+            # before it steps); every call runs the same prompts, so all logged steps (warm-up and timed) are
+            # summed. The last step is only flushed by a later one.
             stats = drop_stats_from_log(log)
             total = sum(s["total_pairs"] for s in stats)
             extra["drop_stats"] = stats
