@@ -41,7 +41,7 @@ def no_engine(monkeypatch: pytest.MonkeyPatch) -> list:
 
     def fake_run(config, **kwargs):
         calls.append((config, kwargs))
-        return {"config": {}, "records": [], "table": "| fake |"}
+        return {"config": {}, "records": [], "table": "| fake |", "failed_cases": {}}
 
     monkeypatch.setattr(vllm_throughput, "run_vllm_bench", fake_run)
     return calls
@@ -267,3 +267,50 @@ def test_summary_ratios_tokens_per_s_and_drop_share() -> None:
     assert records[names[2]]["logged_dropped_share"] == pytest.approx(5 / 60)
     assert records[names[2]]["same_first_tokens_as_in_tree"] == "1/2"
     assert "logged_dropped_share" not in records[names[0]]
+
+
+def test_a_case_failing_twice_leaves_the_others_measured(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """One case's engine fails on both attempts, another only on its first: the run still measures every other
+    case, reports the failures, and the script exits with code 1."""
+    config = VllmBenchConfig(num_prompts=2, prompt_len=10, repeats=3)
+    names = list(case_settings(config))
+    broken, flaky = names[2], names[3]
+    attempts: dict[str, int] = {}
+
+    def fake_case(name, spec, config):
+        attempts[name] = attempts.get(name, 0) + 1
+        if name == broken or (name == flaky and attempts[name] == 1):
+            raise vllm_throughput.CaseFailed(
+                name, f"engine exited with code 1 (try {attempts[name]})", "RuntimeError: x"
+            )
+        seconds = 2.0 if name == names[0] else 1.0
+        return {"samples_s": [seconds] * 3, "startup_s": 1.0, "first_tokens": [1, 2]}, ""
+
+    monkeypatch.setattr(vllm_throughput, "run_case", fake_case)
+    monkeypatch.setattr(vllm_throughput, "write_mixtral_checkpoint", lambda model_dir, config: model_dir)
+    result = vllm_throughput.run_vllm_bench(config, progress=False)
+    assert attempts == {name: 2 if name in (broken, flaky) else 1 for name in names}
+    assert [r["name"] for r in result["records"]] == [n for n in names if n != broken]
+    assert list(result["failed_cases"]) == [broken]
+    assert [("try 1" in line, "try 2" in line) for line in result["failed_cases"][broken]] == [(True, False), (False, True)]
+    records = {r["name"]: r for r in result["records"]}
+    assert len(records[flaky]["failed_attempts"]) == 1 and records[names[1]]["failed_attempts"] == []
+    assert records[flaky]["ratios"] == {f"speedup_vs_{names[0]}": 2.0, f"speedup_vs_{names[1]}": 1.0}
+    assert broken not in result["table"]
+
+    script = load_script()
+    monkeypatch.setattr(vllm_throughput, "run_vllm_bench", lambda config, **kwargs: result)
+    assert script.main(["--json", str(tmp_path / "vllm.json")]) == 1
+    assert json.loads((tmp_path / "vllm.json").read_text())
+
+
+def test_summary_without_the_in_tree_case_has_no_ratios_against_it() -> None:
+    config = VllmBenchConfig(num_prompts=2, prompt_len=10, repeats=3)
+    names = list(case_settings(config))
+    results = {
+        name: ({"samples_s": [1.0, 1.0, 1.0], "startup_s": 1.0, "first_tokens": [1, 2]}, "") for name in names[1:]
+    }
+    records = {r["name"]: r for r in summarise(config, results)["records"]}
+    assert records[names[1]]["ratios"] == {}
+    assert records[names[2]]["ratios"] == {f"speedup_vs_{names[1]}": 1.0}
+    assert all(r["same_first_tokens_as_in_tree"] is None for r in records.values())

@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the benchmark and prints the table; bad flag values exit with code 2."""
+    """Runs the benchmark and prints the table; bad flag values exit with code 2, a case that failed twice
+    (the others still run and print) with code 1."""
     from moecomm.bench.report import write_json
     from moecomm.bench.vllm_throughput import config_from_args, run_vllm_bench
 
@@ -59,7 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for record in result["records"]:
         for failure in record["failed_attempts"]:
             print(f"\nNote: {record['name']} needed a second engine start; the first failed with:\n{failure}")
+    for name, attempts in result["failed_cases"].items():
+        reasons = "\n".join(f"attempt {number}: {reason}" for number, reason in enumerate(attempts, 1))
+        print(f"\nFAILED: {name} failed twice; its row is missing and so are ratios against it:\n{reasons}")
     if args.json is not None:
         command = shlex.join([sys.executable, *sys.argv])
         print(f"\nJSON: {write_json(args.json, {'vllm': result}, command)}")
-    return 0
+    return 1 if result["failed_cases"] else 0

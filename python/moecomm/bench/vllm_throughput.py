@@ -374,9 +374,10 @@ class CaseFailed(RuntimeError):
 
 def run_case_with_retry(
     name: str, spec: dict[str, Any], config: VllmBenchConfig, log_dir: str | None
-) -> tuple[dict[str, Any], str, list[str]]:
+) -> tuple[tuple[dict[str, Any], str] | None, list[str]]:
     """:func:`run_case`, tried a second time if the first attempt fails (engines on a shared host sometimes
-    fail to start); returns (result, log, reasons of failed attempts). Logs go to ``log_dir`` if given."""
+    fail to start); returns ((result, log), or None when both attempts failed; the error lines of each failed
+    attempt). Logs go to ``log_dir`` if given."""
     failures: list[str] = []
     for attempt in (1, 2):
         try:
@@ -384,12 +385,10 @@ def run_case_with_retry(
         except CaseFailed as failure:
             write_log(log_dir, f"{name}.attempt{attempt}-failed", failure.log)
             failures.append(str(failure).split("\nlog tail:")[0])
-            if attempt == 2:
-                raise
             continue
         write_log(log_dir, name, log)
-        return result, log, failures
-    raise AssertionError("unreachable")
+        return (result, log), failures
+    return None, failures
 
 
 def write_log(log_dir: str | None, name: str, log: str) -> None:
@@ -435,19 +434,19 @@ def run_vllm_bench(
         progress: show a progress bar on stderr (one step per case).
 
     Returns:
-        ``{"config": dict, "records": [record per case], "table": markdown str}``; a record is
+        ``{"config": dict, "records": [record per case that ran], "table": markdown str, "failed_cases":
+        {name: [error lines per attempt]}}``; a record is
         :func:`moecomm.bench.report.timing_record` (section ``"vllm"``, samples = seconds per ``generate``
-        call) plus ``tokens_per_s`` (median), ``startup_s``, ``same_first_tokens_as_in_tree`` ("n/N"),
+        call) plus ``tokens_per_s`` (median), ``startup_s``, ``same_first_tokens_as_in_tree`` ("n/N"; None
+        when the in-tree case failed),
         and for moecomm cases ``drop_stats`` (the logged lines, one per engine step, parsed),
         ``logged_dropped_share`` (dropped / total pairs over the logged steps) and ``logged_max_over_mean``
         (the largest max/mean rows received per EP rank of a logged step). Ratios: ``speedup_vs_in-tree/tp2`` (> 1 =
         faster) and for the dropping case ``speedup_vs_moecomm/tp2-ep2-dropless``.
 
         Every record also has ``failed_attempts``: the error lines of a failed first attempt (a case is
-        tried twice), or ``[]``.
-
-    Raises:
-        CaseFailed: a case's engine failed or timed out twice (the message holds its error lines and log tail).
+        tried twice), or ``[]``. ``failed_cases`` maps each case that failed twice to the error lines of both
+        attempts; the other cases are still measured and summarised (ratios only against peers that ran).
     """
     from moecomm.bench.progress import progress_task
 
@@ -463,33 +462,38 @@ def run_vllm_bench(
         with progress_task(description, len(settings), progress) as advance:
             for name, setting in settings.items():
                 spec = {"model": model, "config": asdict(config), **setting}
-                result, log, failures[name] = run_case_with_retry(name, spec, config, log_dir)
-                results[name] = (result, log)
+                outcome, failures[name] = run_case_with_retry(name, spec, config, log_dir)
+                if outcome is not None:
+                    results[name] = outcome
                 advance()
     summary = summarise(config, results)
     for record in summary["records"]:
         record["failed_attempts"] = failures[record["name"]]
+    summary["failed_cases"] = {name: failures[name] for name in settings if name not in results}
     return summary
 
 
 def summarise(config: VllmBenchConfig, results: dict[str, tuple[dict[str, Any], str]]) -> dict[str, Any]:
-    """Records and table from the cases' ``(worker result, log)`` (see :func:`run_vllm_bench`)."""
+    """Records and table from the cases' ``(worker result, log)`` (see :func:`run_vllm_bench`); cases missing
+    from ``results`` (failed) are left out, and so are the ratios and first-token matches against them."""
     settings = case_settings(config)
     names = list(settings)
     in_tree, dropless = names[0], names[1]
     timings = {name: Timing(tuple(result["samples_s"])) for name, (result, _) in results.items()}
-    reference_tokens = results[in_tree][0]["first_tokens"]
     records = []
     for name, (result, log) in results.items():
         median = timings[name].median
-        ratios = {f"speedup_vs_{in_tree}": timings[in_tree].median / median}
-        if name not in (in_tree, dropless):
-            ratios[f"speedup_vs_{dropless}"] = timings[dropless].median / median
-        same = sum(a == b for a, b in zip(result["first_tokens"], reference_tokens))
+        peers = [in_tree] if name in (in_tree, dropless) else [in_tree, dropless]
+        ratios = {f"speedup_vs_{peer}": timings[peer].median / median for peer in peers if peer in timings}
+        same = None
+        if in_tree in results:  # a case that failed twice has no tokens to compare with
+            reference_tokens = results[in_tree][0]["first_tokens"]
+            matches = sum(a == b for a, b in zip(result["first_tokens"], reference_tokens))
+            same = f"{matches}/{len(reference_tokens)}"
         extra: dict[str, Any] = {
             "tokens_per_s": config.batch_tokens / median,
             "startup_s": result["startup_s"],
-            "same_first_tokens_as_in_tree": f"{same}/{len(reference_tokens)}",
+            "same_first_tokens_as_in_tree": same,
             "moecomm": settings[name]["moecomm"],
         }
         if settings[name]["ep"]:
