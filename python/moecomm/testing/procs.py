@@ -17,7 +17,8 @@ from collections.abc import Iterator
 def kill_process_group(proc: subprocess.Popen) -> None:
     """Ends the process group led by ``proc`` (started with ``start_new_session=True``), workers included, and
     removes the ``/dev/shm`` files its processes had mapped that no process outside it maps (a killed vLLM
-    engine leaves its ``psm_*`` message queues and semaphores behind).
+    engine leaves its ``psm_*`` message queues behind). Named semaphores (``sem.mp-*``) stay: glibc maps them
+    under a temporary name, so nothing ties one to the group.
 
     SIGTERM first (20 s to exit), then SIGKILL; the group is SIGKILLed once more at the end because
     worker processes may outlive their leader for a moment.
