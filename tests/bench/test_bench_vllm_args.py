@@ -292,7 +292,10 @@ def test_a_case_failing_twice_leaves_the_others_measured(monkeypatch: pytest.Mon
     assert attempts == {name: 2 if name in (broken, flaky) else 1 for name in names}
     assert [r["name"] for r in result["records"]] == [n for n in names if n != broken]
     assert list(result["failed_cases"]) == [broken]
-    assert [("try 1" in line, "try 2" in line) for line in result["failed_cases"][broken]] == [(True, False), (False, True)]
+    assert [("try 1" in line, "try 2" in line) for line in result["failed_cases"][broken]] == [
+        (True, False),
+        (False, True),
+    ]
     records = {r["name"]: r for r in result["records"]}
     assert len(records[flaky]["failed_attempts"]) == 1 and records[names[1]]["failed_attempts"] == []
     assert records[flaky]["ratios"] == {f"speedup_vs_{names[0]}": 2.0, f"speedup_vs_{names[1]}": 1.0}
