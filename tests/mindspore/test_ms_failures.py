@@ -13,6 +13,7 @@ from ms_env import needs_mindspore, worker_env
 
 from moecomm.integrations.mindspore import run_mindspore_local
 from moecomm.testing import LocalRunError
+from moecomm.testing.procs import is_running
 
 pytestmark = pytest.mark.mindspore
 
@@ -76,15 +77,7 @@ def test_launcher_times_out_kills_every_process_and_names_the_ranks():
     assert elapsed < RUN_LIMIT_S + 30, elapsed  # the kill may wait on SIGTERM before SIGKILL
     pids = raised.value.results[1]
     for pid in pids:
-        assert not os.path.exists(f"/proc/{pid}") or _is_zombie(pid), f"process {pid} outlived the run"
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] == "Z"
-    except OSError:
-        return True
+        assert not is_running(pid), f"process {pid} outlived the run"
 
 
 @pytest.mark.parametrize(

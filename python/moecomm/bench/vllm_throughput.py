@@ -480,14 +480,14 @@ def summarise(config: VllmBenchConfig, results: dict[str, tuple[dict[str, Any], 
     names = list(settings)
     in_tree, dropless = names[0], names[1]
     timings = {name: Timing(tuple(result["samples_s"])) for name, (result, _) in results.items()}
+    reference_tokens = results[in_tree][0]["first_tokens"] if in_tree in results else None
     records = []
     for name, (result, log) in results.items():
         median = timings[name].median
         peers = [in_tree] if name in (in_tree, dropless) else [in_tree, dropless]
         ratios = {f"speedup_vs_{peer}": timings[peer].median / median for peer in peers if peer in timings}
         same = None
-        if in_tree in results:  # a case that failed twice has no tokens to compare with
-            reference_tokens = results[in_tree][0]["first_tokens"]
+        if reference_tokens is not None:  # a failed in-tree case has no tokens to compare with
             matches = sum(a == b for a, b in zip(result["first_tokens"], reference_tokens))
             same = f"{matches}/{len(reference_tokens)}"
         extra: dict[str, Any] = {

@@ -50,15 +50,28 @@ def _live_pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after ``pid (comm)`` (state, ppid, pgrp, ...); None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def is_running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
+
+
 def _group_members(pgid: int) -> list[int]:
     """Live processes of process group ``pgid`` (zombies excluded)."""
     members = []
     for pid in _live_pids():
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
-                fields = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, pgrp, ...
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                members.append(pid)
+        fields = _stat_fields(pid)
+        if fields is not None and fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(pid)
     return members
 
 
