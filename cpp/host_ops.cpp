@@ -221,7 +221,41 @@ void select_kept(const TensorArg& topk_ids, int64_t num_experts, int64_t experts
   });
 }
 
-void permute(const TensorArg& x, const TensorArg& row_of_pair, const TensorArg& out, int num_threads) {
+SegmentedRows segmented_rows(const std::vector<TensorArg>& outs, int64_t dim,
+                             std::initializer_list<int> allowed, int64_t cols) {
+  if (outs.empty()) throw std::invalid_argument("out: expected at least one output buffer, got none");
+  SegmentedRows rows;
+  rows.first_row.push_back(0);
+  const int64_t elem = static_cast<int64_t>(cpu::element_size(static_cast<ScalarType>(outs.front().dtype)));
+  int64_t stride = -1;         // elements, from the first out holding two rows or more
+  int64_t single_stride = -1;  // else the stride of the first out holding one row, if at least cols
+  for (const TensorArg& out : outs) {
+    check_tensor(out, dim, allowed);
+    if (out.dtype != outs.front().dtype) fail(out, "expected the dtype of the other output buffers");
+    const int64_t n = out.size(0);
+    if (dim == 2) {
+      if (out.size(1) != cols)
+        fail(out, "expected " + std::to_string(cols) + " columns, got " + shape_string(out.shape));
+      if (cols > 1 && out.stride(1) != 1) fail(out, "expected rows with contiguous columns");
+    }
+    if (n > 1) {
+      if (out.stride(0) < cols)
+        fail(out, "expected rows at least " + std::to_string(cols) + " elements apart");
+      if (stride >= 0 && out.stride(0) != stride)
+        fail(out,
+             "expected rows " + std::to_string(stride) + " elements apart, like the other output buffers");
+      stride = out.stride(0);
+    }
+    if (n == 1 && single_stride < 0 && out.stride(0) >= cols) single_stride = out.stride(0);
+    rows.bases.push_back(n > 0 ? out.ptr<char>() : nullptr);
+    rows.first_row.push_back(rows.first_row.back() + n);
+  }
+  rows.row_stride = (stride >= 0 ? stride : single_stride >= 0 ? single_stride : cols) * elem;
+  return rows;
+}
+
+void permute(const TensorArg& x, const TensorArg& row_of_pair, const std::vector<TensorArg>& out,
+             int num_threads) {
   check_tensor(x, 2, {kF32, kF16, kBF16, kI8});
   check_tensor(row_of_pair, 2, {kI64});
   check_contiguous(row_of_pair);
@@ -230,15 +264,15 @@ void permute(const TensorArg& x, const TensorArg& row_of_pair, const TensorArg& 
     fail(row_of_pair, "expected " + std::to_string(T) + " tokens (x has " + std::to_string(T) + "), got " +
                           std::to_string(row_of_pair.size(0)));
   }
-  check_tensor(out, 2, {x.dtype});
-  check_contiguous(out);
-  if (out.size(1) != H) fail(out, "expected hidden size " + std::to_string(H));
+  const SegmentedRows rows = segmented_rows(out, 2, {x.dtype}, H);
+  for (const TensorArg& segment : out) advise_huge_pages(segment);
   const int64_t K = row_of_pair.size(1);
-  advise_huge_pages(out);
   const int64_t bad =
       cpu::permute(x.ptr<const void>(), T, H, x.stride(0), x.stride(1), cpu::element_size(x.scalar_type()),
-                   row_of_pair.ptr<const int64_t>(), K, out.ptr<void>(), out.size(0), num_threads);
-  check_rows(row_of_pair, bad, out.size(0));
+                   row_of_pair.ptr<const int64_t>(), K, rows.segments(), num_threads);
+  if (bad == cpu::kBadRowSegments)
+    throw std::logic_error("permute: the kernel refused output rows the host checked");
+  check_rows(row_of_pair, bad, rows.num_rows());
 }
 
 void unpermute(const TensorArg& y, const TensorArg& row_of_pair, const TensorArg& topk_weights,

@@ -22,8 +22,9 @@ struct QuantLayout {
   std::vector<int64_t> scales_shape;
 };
 
-QuantLayout quant_layout(const TensorArg& q) {
-  const int64_t rows = q.size(0), hidden = q.size(1);
+// `rows`: rows of all of q's buffers (q.size(0) for one buffer).
+QuantLayout quant_layout(const TensorArg& q, int64_t rows) {
+  const int64_t hidden = q.size(1);
   if (q.dtype == kI8) return {QuantKind::kInt8, hidden > 0 ? hidden : 1, 1, {rows}};
   const int64_t blocks = (hidden + kFloat8BlockCols - 1) / kFloat8BlockCols;
   return {QuantKind::kFloat8E4M3, kFloat8BlockCols, blocks, {rows, blocks}};
@@ -79,19 +80,29 @@ void check_scatter_result(const std::optional<TensorArg>& row_of_pair, int64_t b
 
 }  // namespace
 
-void quantize_rows(const TensorArg& x, const TensorArg& q, const TensorArg& scales,
+void quantize_rows(const TensorArg& x, const std::vector<TensorArg>& q, const std::vector<TensorArg>& scales,
                    const std::optional<TensorArg>& row_of_pair, int num_threads) {
   check_tensor(x, 2, {kF32, kF16, kBF16});
-  check_tensor(q, 2, {kI8, kF8E4M3});
-  const int64_t num_out_rows = q.size(0);
-  check_rows_of(q, {kI8, kF8E4M3}, {num_out_rows, x.size(1)});
-  const QuantLayout layout = quant_layout(q);
-  check_rows_of(scales, {kF32}, layout.scales_shape);
-  const cpu::RowScatter scatter = scatter_of(row_of_pair, x.size(0), num_out_rows, q);
+  const SegmentedRows q_rows = segmented_rows(q, 2, {kI8, kF8E4M3}, x.size(1));
+  const QuantLayout layout = quant_layout(q.front(), q_rows.num_rows());
+  if (scales.size() != q.size()) {
+    throw std::invalid_argument("scales: expected one buffer per codes buffer (" + std::to_string(q.size()) +
+                                "), got " + std::to_string(scales.size()));
+  }
+  const SegmentedRows scale_rows =
+      segmented_rows(scales, static_cast<int64_t>(layout.scales_shape.size()), {kF32}, layout.scales_per_row);
+  for (size_t i = 0; i < q.size(); ++i) {
+    if (scales[i].size(0) != q[i].size(0))
+      fail(scales[i], "expected " + std::to_string(q[i].size(0)) + " rows (as its codes buffer), got " +
+                          std::to_string(scales[i].size(0)));
+  }
+  const int64_t num_out_rows = q_rows.num_rows();
+  const TensorArg& first_out = q.front();
+  const cpu::RowScatter scatter = scatter_of(row_of_pair, x.size(0), num_out_rows, first_out);
   const int64_t bad =
       cpu::quantize_rows(x.ptr<const void>(), x.scalar_type(), x.size(0), x.size(1), x.stride(0), x.stride(1),
-                         layout.kind, layout.block_cols, layout.scales_per_row, scatter, q.ptr<void>(),
-                         row_stride(q), scales.ptr<float>(), row_stride(scales), num_threads);
+                         layout.kind, layout.block_cols, layout.scales_per_row, scatter, q_rows.segments(),
+                         scale_rows.segments(), num_threads);
   check_scatter_result(row_of_pair, bad, num_out_rows);
   if (bad == cpu::kBadQuantArgs) internal_error("quantize_rows");
   if (bad != cpu::kOk)
@@ -102,7 +113,7 @@ void dequantize_rows(const TensorArg& q, const TensorArg& scales, const TensorAr
                      const std::optional<TensorArg>& row_of_pair, int num_threads) {
   check_tensor(q, 2, {kI8, kF8E4M3});
   check_rows_of(q, {kI8, kF8E4M3}, q.shape);
-  const QuantLayout layout = quant_layout(q);
+  const QuantLayout layout = quant_layout(q, q.size(0));
   check_rows_of(scales, {kF32}, layout.scales_shape);
   check_tensor(out, 2, {kF32, kF16, kBF16});
   const int64_t num_out_rows = out.size(0);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <optional>
+#include <vector>
 
 #include "tensor_arg.h"
 
@@ -11,9 +12,10 @@ namespace moecomm::host {
 
 // x [N,H] float32/float16/bfloat16 (any strides) -> q [N_out,H] int8 or float8_e4m3fn and scales (float32,
 // [N_out] or [N_out, ceil(H/128)] by q's dtype); q and scales rows may be any stride apart (wire rows),
-// their columns contiguous. Without row_of_pair N_out = N; with row_of_pair [N,K] int64, row t goes to the
+// their columns contiguous; each is one buffer or several holding consecutive rows (segmented_rows; q[i] and
+// scales[i] the same rows). Without row_of_pair N_out = N; with row_of_pair [N,K] int64, row t goes to the
 // rows row_of_pair[t] (permute's rule). Raises naming x if a row holds inf or NaN.
-void quantize_rows(const TensorArg& x, const TensorArg& q, const TensorArg& scales,
+void quantize_rows(const TensorArg& x, const std::vector<TensorArg>& q, const std::vector<TensorArg>& scales,
                    const std::optional<TensorArg>& row_of_pair, int num_threads);
 
 // q [N,H] int8 or float8_e4m3fn and scales as quantize_rows wrote them (row-strided) -> out [N_out,H]

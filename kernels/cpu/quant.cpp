@@ -10,6 +10,7 @@
 #include "moecomm/quant_kernels.h"
 #include "parallel.h"
 #include "row_cover.h"
+#include "row_segments.h"
 #include "simd.h"
 
 namespace moecomm::cpu {
@@ -302,32 +303,42 @@ struct RowSpan {
   int64_t bytes = 0;          // bytes written per output row when packed
 };
 
-RowSpan row_span(const void* q, int64_t q_stride_bytes, int64_t code_bytes, const float* scales,
-                 int64_t scales_stride_row, int64_t scales_per_row) {
-  const auto q_addr = reinterpret_cast<uintptr_t>(q), s_addr = reinterpret_cast<uintptr_t>(scales);
+// Packed when in every non-empty segment the scales start at the same offset after the codes, inside the
+// row, and both advance by the same row stride.
+RowSpan row_span(const RowSegments& q, const RowSegments& scales, int64_t code_bytes,
+                 int64_t scales_per_row) {
   const int64_t scale_bytes = scales_per_row * static_cast<int64_t>(sizeof(float));
-  if (s_addr < q_addr || scales_stride_row * static_cast<int64_t>(sizeof(float)) != q_stride_bytes) return {};
-  const auto offset = static_cast<int64_t>(s_addr - q_addr);
-  if (offset < code_bytes || offset % static_cast<int64_t>(sizeof(float)) != 0 ||
-      offset + scale_bytes > q_stride_bytes) {
-    return {};
+  if (scales.row_stride != q.row_stride) return {};
+  RowSpan span{};
+  bool first = true;
+  for (int64_t s = 0; s < q.count; ++s) {
+    if (q.first_row[s + 1] == q.first_row[s]) continue;
+    const auto q_addr = reinterpret_cast<uintptr_t>(q.bases[s]);
+    const auto s_addr = reinterpret_cast<uintptr_t>(scales.bases[s]);
+    if (s_addr < q_addr) return {};
+    const auto offset = static_cast<int64_t>(s_addr - q_addr);
+    if (offset < code_bytes || offset % static_cast<int64_t>(sizeof(float)) != 0 ||
+        offset + scale_bytes > q.row_stride || (!first && offset != span.scales_offset)) {
+      return {};
+    }
+    span = {true, offset, offset + scale_bytes};
+    first = false;
   }
-  return {true, offset, offset + scale_bytes};
+  return span;
 }
 
 template <typename Type, typename Code>
 int64_t quantize_typed(const typename Type::Storage* x, int64_t num_rows, const Blocks& blocks,
                        int64_t x_stride_row, int64_t x_stride_hidden, int64_t scales_per_row,
-                       const RowScatter& scatter, typename Code::Storage* q, int64_t q_stride_row,
-                       float* scales, int64_t scales_stride_row, int num_threads) {
+                       const RowScatter& scatter, const RowSegments& q, const RowSegments& scales,
+                       int num_threads) {
   using Storage = typename Type::Storage;
   using CodeStorage = typename Code::Storage;
   const int64_t hidden = blocks.hidden;
   const int64_t row_bytes = hidden * static_cast<int64_t>(sizeof(CodeStorage));
   const int64_t scale_bytes = scales_per_row * static_cast<int64_t>(sizeof(float));
-  const RowSpan span = row_span(q, q_stride_row * static_cast<int64_t>(sizeof(CodeStorage)), row_bytes,
-                                scales, scales_stride_row, scales_per_row);
-  const int64_t num_out_rows = scatter.row_of_pair == nullptr ? num_rows : scatter.num_out_rows;
+  const RowSpan span = row_span(q, scales, row_bytes, scales_per_row);
+  const int64_t num_out_rows = row_segments_rows(q);
   const bool streaming = num_out_rows * (span.packed ? span.bytes : row_bytes) >= kStreamingOutputBytes;
   const Destinations destinations{scatter};
   std::vector<int64_t> first_bad(static_cast<size_t>(parallel_chunks(num_rows, num_threads, kRowsPerChunk)),
@@ -354,7 +365,7 @@ int64_t quantize_typed(const typename Type::Storage* x, int64_t num_rows, const 
         break;
       }
       destinations.each(r, [&](int64_t out_row) {
-        char* q_row = reinterpret_cast<char*>(q + out_row * q_stride_row);
+        char* q_row = segment_row(q, out_row);
         const int64_t bytes = span.packed ? span.bytes : row_bytes;
         if (streaming) {
           copy_row_streaming(q_row, staged, bytes);
@@ -362,7 +373,7 @@ int64_t quantize_typed(const typename Type::Storage* x, int64_t num_rows, const 
           std::memcpy(q_row, staged, static_cast<size_t>(bytes));
         }
         if (!span.packed && scale_bytes > 0) {
-          std::memcpy(scales + out_row * scales_stride_row, staged_scales, static_cast<size_t>(scale_bytes));
+          std::memcpy(segment_row(scales, out_row), staged_scales, static_cast<size_t>(scale_bytes));
         }
       });
     }
@@ -432,11 +443,21 @@ void dequantize_typed(const typename Code::Storage* q, int64_t num_rows, const B
 
 int64_t quantize_rows(const void* x, ScalarType type, int64_t num_rows, int64_t hidden, int64_t x_stride_row,
                       int64_t x_stride_hidden, QuantKind kind, int64_t block_cols, int64_t scales_per_row,
-                      const RowScatter& scatter, void* q, int64_t q_stride_row, float* scales,
-                      int64_t scales_stride_row, int num_threads) {
+                      const RowScatter& scatter, const RowSegments& q, const RowSegments& scales,
+                      int num_threads) {
   Blocks blocks{};
   if (!blocks_cover(num_rows, hidden, block_cols, scales_per_row, &blocks)) return kBadQuantArgs;
-  if (q_stride_row < 0 || scales_stride_row < 0) return kBadQuantArgs;
+  if (!row_segments_valid(q, hidden) ||  // codes of both kinds are one byte
+      !row_segments_valid(scales, scales_per_row * static_cast<int64_t>(sizeof(float))) ||
+      scales.count != q.count) {
+    return kBadQuantArgs;
+  }
+  for (int64_t s = 0; s <= q.count; ++s) {
+    if (scales.first_row[s] != q.first_row[s]) return kBadQuantArgs;
+  }
+  const int64_t num_out_rows = row_segments_rows(q);
+  if (num_out_rows != (scatter.row_of_pair == nullptr ? num_rows : scatter.num_out_rows))
+    return kBadQuantArgs;
   const int64_t scatter_ok = check_scatter(scatter, num_rows);
   if (scatter_ok != kOk) return scatter_ok;
   int64_t result = kBadQuantArgs;
@@ -445,9 +466,8 @@ int64_t quantize_rows(const void* x, ScalarType type, int64_t num_rows, int64_t 
     visit_code(kind, [&](auto code) {
       using Code = decltype(code);
       result = quantize_typed<Type, Code>(static_cast<const typename Type::Storage*>(x), num_rows, blocks,
-                                          x_stride_row, x_stride_hidden, scales_per_row, scatter,
-                                          static_cast<typename Code::Storage*>(q), q_stride_row, scales,
-                                          scales_stride_row, num_threads);
+                                          x_stride_row, x_stride_hidden, scales_per_row, scatter, q, scales,
+                                          num_threads);
     });
   });
   return result;

@@ -58,9 +58,11 @@ def select_kept(
     """capacity [E/experts_per_bucket] int64 >= 0; topk_weights [T,K] float32 (None: position
     policy); writes is_kept [T,K] bool."""
 
-def permute(x: TensorArg, row_of_pair: TensorArg, out: TensorArg, num_threads: int) -> None:
-    """x [T,H] float32/float16/bfloat16 (any strides); row_of_pair [T,K] int64 whose kept rows cover
-    [0, N) exactly once (else ValueError naming row_of_pair's TensorArg); out [N,H] contiguous."""
+def permute(x: TensorArg, row_of_pair: TensorArg, out: list[TensorArg], num_threads: int) -> None:
+    """x [T,H] float32/float16/bfloat16/int8 (any strides); row_of_pair [T,K] int64 whose kept rows cover
+    [0, N) exactly once (else ValueError naming row_of_pair's TensorArg); out: the N output rows of H
+    elements in one or more buffers holding consecutive rows ([n_i, H], columns contiguous, rows the same
+    stride apart in every buffer of two rows or more, at least H)."""
 
 def unpermute(
     y: TensorArg,
@@ -90,11 +92,12 @@ def advise_huge_pages(out: TensorArg) -> None:
     buffer (Linux); otherwise a no-op."""
 
 def quantize_rows(
-    x: TensorArg, q: TensorArg, scales: TensorArg, row_of_pair: TensorArg | None, num_threads: int
+    x: TensorArg, q: list[TensorArg], scales: list[TensorArg], row_of_pair: TensorArg | None, num_threads: int
 ) -> None:
-    """x [N,H] float32/float16/bfloat16 (any strides); q [N_out,H] int8 or float8_e4m3fn; scales float32,
-    [N_out] for int8 or [N_out, ceil(H/128)] for float8_e4m3fn. q and scales rows may be any stride apart
-    (columns of wire rows), their columns contiguous. row_of_pair None: N_out = N, row t to row t; else
+    """x [N,H] float32/float16/bfloat16 (any strides); q: N_out rows of H int8 or float8_e4m3fn codes; scales
+    float32, [n_i] for int8 or [n_i, ceil(H/128)] for float8_e4m3fn per buffer; each one buffer or several
+    holding consecutive rows (q[i] and scales[i] the same rows). q and scales rows may be any stride apart
+    (columns of wire rows; the same stride in every buffer of two rows or more), their columns contiguous. row_of_pair None: N_out = N, row t to row t; else
     [N,K] int64 contiguous, row t to rows row_of_pair[t] (permute's rule, -1 skips). Raises naming x for a
     row holding inf or NaN, naming row_of_pair for a bad row map."""
 

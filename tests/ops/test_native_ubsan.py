@@ -30,9 +30,14 @@ int main() {
   const int64_t no_counts[1] = {0};
   const int64_t one_row[1] = {0};
   const float weight[1] = {1.0f};
+  char* const no_base[1] = {nullptr};
+  const int64_t rows_0_1[2] = {0, 1};
+  const int64_t rows_0_0[2] = {0, 0};
+  const RowSegments one_empty_row{no_base, rows_0_1, 1, 0};
+  const RowSegments no_rows{no_base, rows_0_0, 1, 32};  // rows of 8 float32
   for (int threads : {1, 2}) {
     // H = 0: rows exist but hold no bytes; data pointers are null.
-    expect(permute(nullptr, 1, 0, 0, 1, 4, one_row, 1, nullptr, 1, threads), kOk, "permute H=0");
+    expect(permute(nullptr, 1, 0, 0, 1, 4, one_row, 1, one_empty_row, threads), kOk, "permute H=0");
     expect(unpermute(nullptr, ScalarType::kFloat32, 1, 0, 0, 1, one_row, weight, 1, 1, 0, 1, nullptr, threads), kOk, "unpermute H=0");
     const int64_t two[2] = {1, 1};
     expect(pack_padded(nullptr, 2, 0, 0, 1, 4, two, 2, 1, nullptr, threads), kOk, "pack_padded H=0");
@@ -43,7 +48,7 @@ int main() {
     expect(pack_padded(nullptr, 0, 8, 8, 1, 4, no_counts, 1, 0, nullptr, threads), kOk, "pack_padded capacity 0");
     expect(unpack_padded(nullptr, 1, 0, 8, 0, 8, 1, 4, no_counts, nullptr, 0, threads), kOk, "unpack_padded empty");
     expect(regroup_blocks(nullptr, 0, 8, 8, 1, 4, no_counts, 1, 1, nullptr, threads), kOk, "regroup_blocks empty");
-    expect(permute(nullptr, 0, 8, 8, 1, 4, nullptr, 2, nullptr, 0, threads), kOk, "permute T=0");
+    expect(permute(nullptr, 0, 8, 8, 1, 4, nullptr, 2, no_rows, threads), kOk, "permute T=0");
     expect(unpermute(nullptr, ScalarType::kBFloat16, 0, 8, 8, 1, nullptr, nullptr, 0, 2, 0, 0, nullptr, threads), kOk, "unpermute T=0");
     int64_t per_expert[2] = {7, 7};
     expect(route_layout<int32_t>(nullptr, 0, 2, 2, nullptr, per_expert, nullptr, threads), kOk, "route_layout T=0");

@@ -135,7 +135,7 @@ def test_permute_refuses_shapes_past_the_storage(victim):
     else:
         args["out"] = forged("out", out, [layout.num_rows, 3], [3, 1], nbytes=out.nbytes - 4)
     with pytest.raises(ValueError, match=f"^{victim}: .*storage holds"):
-        _C.permute(args["x"], args["layout"], args["out"], 1)
+        _C.permute(args["x"], args["layout"], [args["out"]], 1)
 
 
 def test_every_entry_point_rechecks_extents():

@@ -108,7 +108,7 @@ def test_out_of_the_wrong_kind_is_named(impl):
     layout = ops.route_layout(ids, 4)
     rows = torch.randn(6, 4)
     counts = torch.tensor([2, 4])
-    with pytest.raises(ValueError, match="out: expected a contiguous tensor of shape \\[24, 5\\]"):
+    with pytest.raises(ValueError, match="out: expected 24 rows in all, got 23"):
         impl.permute(x, layout, out=torch.empty(23, 5))
     with pytest.raises(TypeError, match="out: expected dtype float32"):
         impl.permute(x, layout, out=torch.empty(24, 5, dtype=torch.float16))

@@ -312,14 +312,38 @@ def test_forged_tensor_args_are_rejected_by_the_core():
     x = torch.randn(4, 300)
     q = torch.empty(4, 300, dtype=torch.float8_e4m3fn)
     with pytest.raises(ValueError, match="scales"):  # fp8 needs [4, 3]
-        _C.quantize_rows(tensor_arg("x", x), tensor_arg("q", q), tensor_arg("scales", torch.empty(4)), None, 1)
+        _C.quantize_rows(tensor_arg("x", x), [tensor_arg("q", q)], [tensor_arg("scales", torch.empty(4))], None, 1)
     with pytest.raises(ValueError, match="q"):
-        _C.quantize_rows(tensor_arg("x", x), tensor_arg("q", q[:3]), tensor_arg("scales", torch.empty(3, 3)), None, 1)
+        _C.quantize_rows(
+            tensor_arg("x", x), [tensor_arg("q", q[:3])], [tensor_arg("scales", torch.empty(3, 3))], None, 1
+        )
     with pytest.raises(ValueError, match="x"):
         _C.quantize_rows(
             tensor_arg("x", torch.ones(4, 300, dtype=torch.int32)),
-            tensor_arg("q", q),
-            tensor_arg("scales", torch.empty(4, 3)),
+            [tensor_arg("q", q)],
+            [tensor_arg("scales", torch.empty(4, 3))],
+            None,
+            1,
+        )
+    halves = [q[:2], q[2:]]
+    with pytest.raises(ValueError, match="scales: expected one buffer per codes buffer"):
+        _C.quantize_rows(
+            tensor_arg("x", x), [tensor_arg("q", h) for h in halves], [tensor_arg("s", torch.empty(4, 3))], None, 1
+        )
+    with pytest.raises(ValueError, match=r"^s1: expected 1 rows \(as its codes buffer\), got 2"):
+        _C.quantize_rows(
+            tensor_arg("x", x[:3]),
+            [tensor_arg("q0", halves[0]), tensor_arg("q1", halves[1][:1])],
+            [tensor_arg("s0", torch.empty(2, 3)), tensor_arg("s1", torch.empty(2, 3))],
+            None,
+            1,
+        )
+    with pytest.raises(ValueError, match=r"^q1: expected rows 300 elements apart, like the other output buffers"):
+        wider = torch.empty(2, 400, dtype=torch.float8_e4m3fn)[:, :300]
+        _C.quantize_rows(
+            tensor_arg("x", x),
+            [tensor_arg("q0", halves[0]), tensor_arg("q1", wider)],
+            [tensor_arg("s0", torch.empty(2, 3)), tensor_arg("s1", torch.empty(2, 3))],
             None,
             1,
         )

@@ -44,14 +44,28 @@ template <typename Id>
 int64_t select_kept(const Id* ids, int64_t num_tokens, int64_t top_k, int64_t num_experts,
                     int64_t experts_per_bucket, const int64_t* capacity, const float* weights, bool* is_kept);
 
-// out[row_of_pair[t, k]] = x[t] for every pair with row >= 0. x: [T, H] with strides
-// (x_stride_token, x_stride_hidden); out: [N, H] contiguous. Bytes are copied as they are.
-// The kept pairs must cover the rows [0, N) exactly once (so every output row is written): returns kOk,
-// the flat index of the first pair whose row is outside [-1, N) or repeats a row, or T*K when fewer
-// than N rows are covered.
+// Output rows [0, N) of a kernel, split over `count` buffers in row order: segment s holds the rows
+// [first_row[s], first_row[s + 1]) at bases[s], each row_stride bytes after the previous one (row_stride may
+// exceed the bytes a kernel writes per row: padded rows). One buffer is count 1, first_row {0, N}. A kernel
+// writing the rows of several buffers at once (the peers' shared regions of one dispatch) reads each input
+// row once. Valid when count >= 1, first_row[0] == 0, first_row does not decrease and row_stride >= 0;
+// a kernel checks this before it writes (row_segments_valid).
+struct RowSegments {
+  char* const* bases = nullptr;        // [count]
+  const int64_t* first_row = nullptr;  // [count + 1]; N = first_row[count]
+  int64_t count = 0;
+  int64_t row_stride = 0;  // bytes
+};
+constexpr int64_t kBadRowSegments = -2;
+
+// out row row_of_pair[t, k] = x[t] for every pair with row >= 0. x: [T, H] with strides
+// (x_stride_token, x_stride_hidden); out: N rows of H elements (row_stride >= H * elem_size). Bytes are
+// copied as they are. The kept pairs must cover the rows [0, N) exactly once (so every output row is
+// written): returns kOk, kBadRowSegments, the flat index of the first pair whose row is outside [-1, N) or
+// repeats a row, or T*K when fewer than N rows are covered.
 int64_t permute(const void* x, int64_t num_tokens, int64_t hidden, int64_t x_stride_token,
                 int64_t x_stride_hidden, size_t elem_size, const int64_t* row_of_pair, int64_t top_k,
-                void* out, int64_t num_rows, int num_threads);
+                const RowSegments& out, int num_threads);
 
 // out[t - token_begin] = sum over k with row >= 0 of weights[t, k] * y[row_of_pair[t, k]], accumulated in
 // float32, for the tokens t in [token_begin, token_end) (a slice of [0, T): the combine of one source's

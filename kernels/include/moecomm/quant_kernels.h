@@ -46,17 +46,19 @@ struct RowScatter {
 };
 
 // x: [N, H] float32/float16/bfloat16 with strides (x_stride_row, x_stride_hidden).
-// q: output rows of H codes (int8 or e4m3fn bytes), q_stride_row bytes apart; scales: output rows of
-// scales_per_row float32, scales_stride_row floats apart. The two may interleave in one buffer of wire rows
-// (each row: H code bytes, padding, its scales, rows equally far apart): then the kernel writes each output
-// row's span from its first code to its last scale, padding zeroed; otherwise exactly the H code bytes and
-// the scales_per_row scales of each output row.
+// q: output rows of H codes (int8 or e4m3fn bytes); scales: output rows of scales_per_row float32, in
+// segments with the same first_row as q's (one buffer each, or several holding consecutive rows: the rows
+// for several peers written in one pass that quantizes each input row once). The two may interleave in one
+// buffer of wire rows (each row: H code bytes, padding, its scales, rows equally far apart, in every
+// segment): then the kernel writes each output row's span from its first code to its last scale, padding
+// zeroed; otherwise exactly the H code bytes and the scales_per_row scales of each output row.
 // Needs block_cols >= 1 and scales_per_row * block_cols >= H (blocks past column H are empty: scale 0).
-// Every row of x is checked for inf/NaN, also one the scatter sends nowhere.
+// Every row of x is checked for inf/NaN, also one the scatter sends nowhere. The scatter's num_out_rows
+// must equal the segments' rows.
 int64_t quantize_rows(const void* x, ScalarType type, int64_t num_rows, int64_t hidden, int64_t x_stride_row,
                       int64_t x_stride_hidden, QuantKind kind, int64_t block_cols, int64_t scales_per_row,
-                      const RowScatter& scatter, void* q, int64_t q_stride_row, float* scales,
-                      int64_t scales_stride_row, int num_threads);
+                      const RowScatter& scatter, const RowSegments& q, const RowSegments& scales,
+                      int num_threads);
 
 // q: [N, H] codes of `kind`, rows q_stride_row bytes apart; scales: [N, scales_per_row] float32, rows
 // scales_stride_row floats apart (same blocks as quantize_rows); out: contiguous output rows of H

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from moecomm.ops._out import RowsOut
 from moecomm.ops.layout import RouteLayout
 
 
@@ -51,9 +52,10 @@ class KernelBackend(ABC):
         layout: RouteLayout,
         is_kept: torch.Tensor | None = None,
         *,
-        out: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """``x [T, H]`` -> ``[N_kept, H]`` expert-major rows."""
+        out: RowsOut | None = None,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """``x [T, H]`` -> ``[N_kept, H]`` expert-major rows (into ``out``: one buffer, or a list of buffers holding
+        consecutive rows; see :func:`moecomm.ops.permute`)."""
 
     @abstractmethod
     def unpermute(
@@ -89,9 +91,10 @@ class KernelBackend(ABC):
 
     @abstractmethod
     def quantize_to_wire(
-        self, x: torch.Tensor, kind: str, layout: RouteLayout | None = None, *, out: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """``x [T, H]`` -> ``[N, W]`` int8 wire rows (codes + scales), scattered by ``layout`` like permute."""
+        self, x: torch.Tensor, kind: str, layout: RouteLayout | None = None, *, out: RowsOut | None = None
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """``x [T, H]`` -> ``[N, W]`` int8 wire rows (codes + scales), scattered by ``layout`` like permute (into
+        ``out`` as permute)."""
 
     @abstractmethod
     def dequantize_from_wire(

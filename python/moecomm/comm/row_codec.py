@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from moecomm.backends.base import KernelBackend
+from moecomm.ops._out import RowsOut
 from moecomm.ops.layout import RouteLayout
 from moecomm.ops.wire import WIRE_DTYPE, WireFormat, wire_format
 
@@ -29,7 +30,8 @@ class QuantizedRows:
 
     Attributes:
         wire: ``[N_recv, W]`` int8 wire rows in ``expert_x``'s row order (may be a view into the dispatcher's
-            reused buffers: valid until its next ``dispatch``).
+            reused buffers: valid until its next ``dispatch``; rows may lie further apart than W bytes, e.g.
+            64-byte aligned).
         format: the :class:`~moecomm.ops.wire.WireFormat` (kind, H, byte layout).
         dtype: the activation dtype the rows were quantized from.
     """
@@ -85,9 +87,10 @@ class PlainRows:
         return hidden * torch.empty((), dtype=dtype).element_size()
 
     def encode(
-        self, backend: KernelBackend, x: torch.Tensor, layout: RouteLayout | None, out: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """``x [T, H]`` -> crossing rows: ``x`` itself (no layout) or permuted by ``layout`` into ``out``."""
+        self, backend: KernelBackend, x: torch.Tensor, layout: RouteLayout | None, out: RowsOut | None = None
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """``x [T, H]`` -> crossing rows: ``x`` itself (no layout) or permuted by ``layout`` into ``out`` (one
+        buffer, or a list of buffers holding consecutive rows: each row of x is read once)."""
         return x if layout is None else backend.permute(x, layout, out=out)
 
     def decode(
@@ -124,8 +127,8 @@ class QuantizedWireRows(PlainRows):
         return self.format(hidden).row_bytes
 
     def encode(
-        self, backend: KernelBackend, x: torch.Tensor, layout: RouteLayout | None, out: torch.Tensor | None = None
-    ) -> torch.Tensor:
+        self, backend: KernelBackend, x: torch.Tensor, layout: RouteLayout | None, out: RowsOut | None = None
+    ) -> torch.Tensor | list[torch.Tensor]:
         return backend.quantize_to_wire(x, self.kind, layout, out=out)
 
     def decode(

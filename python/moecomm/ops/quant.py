@@ -121,7 +121,9 @@ def quantize_rows(
         sized_by="x",
         name="out_scales",
     )
-    _C.quantize_rows(tensor_arg("x", x), tensor_arg("out", q), tensor_arg("out_scales", scales), None, num_threads())
+    _C.quantize_rows(
+        tensor_arg("x", x), [tensor_arg("out", q)], [tensor_arg("out_scales", scales)], None, num_threads()
+    )
     return q, scales
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from moecomm.checks import check_is_kept, check_topk_ids, check_topology
-from moecomm.ops._out import new_tensor, output_buffer
+from moecomm.ops._out import RowsOut, new_tensor, output_buffer, output_rows, rows_result, write_rows
 from moecomm.ops.capacity import capacity_for_ratio, capacity_from_factor, drop_budget
 from moecomm.ops.layout import RouteLayout, tokens_per_rank_of
 from moecomm.ops.padded import check_pack_args, check_unpack_args
@@ -110,13 +110,13 @@ def check_rows_cover(layout: RouteLayout) -> None:
 
 
 def permute(
-    x: torch.Tensor, layout: RouteLayout, is_kept: torch.Tensor | None = None, *, out: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Reference of :func:`moecomm.ops.permute`: one indexed copy."""
+    x: torch.Tensor, layout: RouteLayout, is_kept: torch.Tensor | None = None, *, out: RowsOut | None = None
+) -> torch.Tensor | list[torch.Tensor]:
+    """Reference of :func:`moecomm.ops.permute`: one indexed copy (then into ``out``'s buffers)."""
     x, layout = check_permute_args(x, layout)
     layout = kept_layout_reference(layout, is_kept)
     check_rows_cover(layout)
-    out = output_buffer(
+    segments = output_rows(
         out,
         (layout.num_rows, x.shape[1]),
         dtype=x.dtype,
@@ -128,8 +128,11 @@ def permute(
     rows = layout.row_of_pair.reshape(-1)
     token_of_pair = torch.arange(num_tokens, device=x.device).repeat_interleave(top_k)
     kept = rows >= 0
-    out[rows[kept]] = x[token_of_pair[kept]]
-    return out
+    result = segments[0] if out is None else x.new_empty((layout.num_rows, x.shape[1]))
+    result[rows[kept]] = x[token_of_pair[kept]]
+    if out is not None:
+        write_rows(result, segments)
+    return rows_result(out, segments)
 
 
 def unpermute(

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import torch
 
+from moecomm.ops._out import RowsOut, rows_result, write_rows
 from moecomm.ops.layout import RouteLayout
 from moecomm.ops.quant import QuantFormat, check_dequantize_args, check_quantize_args
-from moecomm.ops.wire import check_wire, wire_format
+from moecomm.ops.wire import check_wire, wire_format, wire_outputs
 
 __all__ = ["quantize_rows", "dequantize_rows", "quantize_to_wire", "dequantize_from_wire"]
 
@@ -71,8 +72,8 @@ def _copy_out(result: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
 
 
 def quantize_to_wire(
-    x: torch.Tensor, kind: str, layout: RouteLayout | None = None, *, out: torch.Tensor | None = None
-) -> torch.Tensor:
+    x: torch.Tensor, kind: str, layout: RouteLayout | None = None, *, out: RowsOut | None = None
+) -> torch.Tensor | list[torch.Tensor]:
     """Reference of :func:`moecomm.ops.wire.quantize_to_wire`: quantize, pack codes/zeros/scales bytes, permute."""
     q, scales = quantize_rows(x, kind)
     fmt = wire_format(x.shape[1], kind)
@@ -80,7 +81,12 @@ def quantize_to_wire(
     rows[:, : fmt.hidden] = q.view(torch.int8)
     if x.shape[0]:  # (an empty scales tensor may have strides no byte view accepts)
         rows[:, fmt.scales_offset :] = scales.reshape(x.shape[0], -1).contiguous().view(torch.int8)
-    return _copy_out(rows if layout is None else _permute(rows, layout), out)
+    rows = rows if layout is None else _permute(rows, layout)
+    if out is None:
+        return rows
+    segments = wire_outputs(out, rows.shape[0], fmt, x)
+    write_rows(rows, segments)
+    return rows_result(out, segments)
 
 
 def dequantize_from_wire(

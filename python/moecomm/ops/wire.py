@@ -23,7 +23,7 @@ from moecomm import _C
 from moecomm.checks import check_tensor
 from moecomm.ops._device import runs_natively
 from moecomm.ops._native import num_threads, tensor_arg
-from moecomm.ops._out import output_buffer, overlaps
+from moecomm.ops._out import RowsOut, output_buffer, output_rows, rows_result
 from moecomm.ops.layout import RouteLayout, check_layout
 from moecomm.ops.quant import SCALE_BYTES, QuantFormat, check_dequantize_args, check_quantize_args, quant_format
 
@@ -100,8 +100,8 @@ def _checked_layout(layout: RouteLayout | None, num_rows: int, device: torch.dev
 
 
 def quantize_to_wire(
-    x: torch.Tensor, kind: str, layout: RouteLayout | None = None, *, out: torch.Tensor | None = None
-) -> torch.Tensor:
+    x: torch.Tensor, kind: str, layout: RouteLayout | None = None, *, out: RowsOut | None = None
+) -> torch.Tensor | list[torch.Tensor]:
     """Quantizes each row of ``x`` once into wire rows, optionally scattered like :func:`moecomm.ops.permute`.
 
     Args:
@@ -110,10 +110,13 @@ def quantize_to_wire(
         layout: None (wire row t is token t) or a RouteLayout over ``[T, K]`` pairs on x's device: token t's
             wire row goes to each of its kept pairs' rows (expert-major, as ``permute``).
         out: optional ``[N, W]`` int8 tensor to write into (rows any stride apart that is a multiple of 4,
-            bytes contiguous; e.g. a view of a peer's shared region); it may share no memory with x.
+            bytes contiguous; e.g. a view of a peer's shared region), or a list of such tensors holding
+            consecutive rows (e.g. one per peer's region: each token is still quantized once); it may share
+            no memory with x. See :func:`moecomm.ops._out.output_rows`.
 
     Returns:
-        ``[N, W]`` int8 wire rows, N = T without a layout, else ``layout.num_rows``.
+        ``[N, W]`` int8 wire rows, N = T without a layout, else ``layout.num_rows`` (``out`` itself when
+        given; the list of buffers when ``out`` is a list).
 
     Raises:
         ValueError: naming ``x`` and the first row holding inf or NaN.
@@ -125,31 +128,33 @@ def quantize_to_wire(
     x, _ = check_quantize_args(x, kind)
     fmt = wire_format(x.shape[1], kind)
     layout = _checked_layout(layout, x.shape[0], x.device, "x")
-    num_rows = x.shape[0] if layout is None else layout.num_rows
-    wire = _wire_out(out, num_rows, fmt, x)
-    codes, scales = fmt.views(wire)
+    segments = wire_outputs(out, x.shape[0] if layout is None else layout.num_rows, fmt, x)
+    views = [fmt.views(segment) for segment in segments]
+    names = ["out" if len(segments) == 1 else f"out[{i}]" for i in range(len(segments))]
     row_map = None if layout is None else tensor_arg("layout", layout.row_of_pair)
     # codes and scales share the wire rows: the kernel writes each row whole, padding zeroed
-    _C.quantize_rows(tensor_arg("x", x), tensor_arg("out", codes), tensor_arg("out", scales), row_map, num_threads())
-    return wire
+    _C.quantize_rows(
+        tensor_arg("x", x),
+        [tensor_arg(name, codes) for name, (codes, _) in zip(names, views)],
+        [tensor_arg(name, scales) for name, (_, scales) in zip(names, views)],
+        row_map,
+        num_threads(),
+    )
+    return rows_result(out, segments)
 
 
-def _wire_out(out: torch.Tensor | None, num_rows: int, fmt: WireFormat, x: torch.Tensor) -> torch.Tensor:
-    """The caller's ``out`` (checked: shape, dtype, device, no overlap with x) or a new ``[N, W]`` int8 tensor."""
-    if out is None:
-        return output_buffer(
-            None, (num_rows, fmt.row_bytes), dtype=WIRE_DTYPE, device=x.device, inputs={"x": x}, sized_by="x"
-        )
-    out = check_tensor("out", out, dim=2, dtypes=(WIRE_DTYPE,), cpu_only=False)
-    if tuple(out.shape) != (num_rows, fmt.row_bytes) or out.device != x.device:
-        raise ValueError(
-            f"out: expected a [{num_rows}, {fmt.row_bytes}] int8 tensor on {x.device}, got {list(out.shape)} on {out.device}"
-        )
-    if out.numel() and fmt.row_bytes > 1 and out.stride(1) != 1:
-        raise ValueError("out: expected rows with contiguous bytes")
-    if overlaps(out, x):
-        raise ValueError("out: shares memory with x")
-    return out
+def wire_outputs(out: RowsOut | None, num_rows: int, fmt: WireFormat, x: torch.Tensor) -> list[torch.Tensor]:
+    """The caller's ``out`` buffers (checked: :func:`~moecomm.ops._out.output_rows` with rows 4-byte aligned, no
+    overlap with x) or a new ``[N, W]`` int8 tensor."""
+    return output_rows(
+        out,
+        (num_rows, fmt.row_bytes),
+        dtype=WIRE_DTYPE,
+        device=x.device,
+        inputs={"x": x},
+        sized_by="x",
+        row_stride_multiple=SCALE_BYTES,
+    )
 
 
 def dequantize_from_wire(

@@ -123,11 +123,14 @@ class Dispatcher:
         request of ``name``)."""
         return self.workspace.buffer(name, (rows, *like.shape[1:]), like.dtype, like.device)
 
-    def wire_buffer(self, name: str, rows: int, x: torch.Tensor) -> torch.Tensor:
+    def wire_buffer(self, name: str, rows: int, x: torch.Tensor, *, row_align_bytes: int = 1) -> torch.Tensor:
         """A reused ``[rows, width]`` buffer for the crossing rows of activations ``x`` (x's rows, or int8 wire
-        rows under ``dispatch_quant``)."""
-        shape = (rows, self.codec.width(x.shape[1]))
-        return self.workspace.buffer(name, shape, self.codec.dtype(x), x.device)
+        rows under ``dispatch_quant``); with ``row_align_bytes`` > 1 its rows start that many bytes apart or a
+        multiple of it (a view of a wider buffer)."""
+        width, dtype = self.codec.width(x.shape[1]), self.codec.dtype(x)
+        element = torch.empty((), dtype=dtype).element_size()
+        stride = -(-width * element // row_align_bytes) * row_align_bytes // element
+        return self.workspace.buffer(name, (rows, stride), dtype, x.device)[:, :width]
 
     def encode_rows(self, backend: KernelBackend, x: torch.Tensor, layout: RouteLayout | None) -> torch.Tensor:
         """The crossing rows of ``x [T, H]`` (see :class:`~moecomm.comm.row_codec.PlainRows`), scattered by
@@ -164,8 +167,8 @@ class Dispatcher:
         [N_recv, H]`` in x's dtype, or :class:`QuantizedRows` with ``dequantize=False``."""
         hidden = x.shape[1]
         num_rows = rows.shape[0] if layout is None else layout.num_rows
-        if not dequantize:
-            out = None if layout is None else self.wire_buffer("expert_wire", num_rows, x)
+        if not dequantize:  # rows whole cache lines apart: the layout streams each row's body in aligned lines
+            out = None if layout is None else self.wire_buffer("expert_wire", num_rows, x, row_align_bytes=64)
             return self.codec.keep_quantized(backend, rows, layout, hidden, x.dtype, out=out)
         if layout is None and not self.codec.quantized:
             return rows

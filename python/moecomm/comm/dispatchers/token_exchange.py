@@ -6,7 +6,9 @@ Both exchanges move the same bytes in the same order, so the dispatcher above th
   in the ``send`` buffer and exchanged with two ``all_to_all`` calls (rows, routing metadata); the partial
   rows come back with a third.
 - :class:`RegionTokenExchange` (transports with shared regions, i.e. ``shm``): the sender copies (or, with
-  ``dispatch_quant``, quantizes) each token row from ``x`` straight into the destination's ``dispatch`` region (no send buffer, no receive copy), and
+  ``dispatch_quant``, quantizes) each token row from ``x`` straight into the destinations' ``dispatch`` regions
+  in one pass (each token read and quantized once, whatever the number of destinations; no send buffer, no
+  receive copy), and
   each expert rank reduces its partial rows straight into the source's ``combine`` region; a ``sync`` (one
   barrier) publishes each step's writes.
 
@@ -134,8 +136,8 @@ class RegionTokenExchange:
         counts: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """See :meth:`CollectiveTokenExchange.send_tokens`; the sender encodes (quantizes) each row straight into
-        the destination's region; the received tensors are views of this rank's ``dispatch`` region, valid
-        until the next step's token exchange."""
+        the destinations' regions, reading (quantizing) each token once for all of them; the received tensors
+        are views of this rank's ``dispatch`` region, valid until the next step's token exchange."""
         transport, rank, num_ranks = self.transport, self.transport.rank, self.transport.world_size
         hidden, meta_width = x.shape[1], metadata.shape[1]
         width, row_dtype = codec.width(hidden), codec.dtype(x)
@@ -148,33 +150,28 @@ class RegionTokenExchange:
         transport.sync("dispatch", "region sizes")  # every rank now sees every peer's grown regions
         send_counts = counts[rank].tolist()
         send_offsets = _row_offsets(send_counts)
+        row_views = []  # the rows for each destination, in its region: one encode writes them all
         for dest in range(num_ranks):
             count = send_counts[dest]
-            if count == 0:
-                continue
             peer_in = counts[:, dest].tolist()
             first = _row_offsets(peer_in)[rank]
             region = transport.region(dest, "dispatch")
             rows_view = region[first * row_bytes : (first + count) * row_bytes].view(row_dtype).view(count, width)
-            codec.encode(backend, x, self._one_destination(backend, dest_layout, dest), out=rows_view)
+            row_views.append(rows_view)
+            if count == 0:
+                continue
             meta_start = _aligned(sum(peer_in) * row_bytes) + first * meta_width * 4
             meta_view = (
                 region[meta_start : meta_start + count * meta_width * 4].view(torch.int32).view(count, meta_width)
             )
             meta_view.copy_(metadata[send_offsets[dest] : send_offsets[dest] + count])
+        codec.encode(backend, x, dest_layout, out=row_views)  # each token read (and quantized) once
         transport.sync("dispatch", "token exchange")
         own = transport.region(rank, "dispatch")
         rows = own[: num_in * row_bytes].view(row_dtype).view(num_in, width)
         meta_start = _aligned(num_in * row_bytes)
         meta = own[meta_start : meta_start + num_in * meta_width * 4].view(torch.int32).view(num_in, meta_width)
         return rows, meta.clone()
-
-    @staticmethod
-    def _one_destination(backend: KernelBackend, dest_layout: RouteLayout, dest: int) -> RouteLayout:
-        """The layout of the token rows for ``dest`` alone (rows 0.. in token order)."""
-        mask = dest_layout.row_of_pair[:, dest : dest + 1] >= 0
-        zeros = torch.zeros(mask.shape, dtype=torch.int64, device=mask.device)
-        return backend.route_layout(zeros, 1, 1, mask)
 
     def combine_partials(
         self,
