@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "convert.h"
@@ -210,6 +211,60 @@ void quantize_block_lanes(const typename Type::Storage* v, int64_t n, const Bloc
   }
 }
 
+// BFloat16 rows, 32 values per 64-byte load. The sign-cleared bf16 bits order like the magnitudes (as
+// float32 bits do, and a bf16 is the top half of its float32), so the absmax is taken on 16-bit lanes and
+// widened once at the end; a masked tail loads 0 in its missing lanes.
+inline uint32_t absmax_bits_bf16(const uint16_t* v, int64_t n) {
+  const __m512i magnitude = _mm512_set1_epi16(0x7fff);
+  __m512i m0 = _mm512_setzero_si512(), m1 = _mm512_setzero_si512();
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    m0 = _mm512_max_epu16(m0, _mm512_and_si512(_mm512_loadu_si512(v + i), magnitude));
+    m1 = _mm512_max_epu16(m1, _mm512_and_si512(_mm512_loadu_si512(v + i + 32), magnitude));
+  }
+  for (; i < n; i += 32) {
+    const int64_t left = n - i;
+    const __mmask32 m = left >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((uint32_t{1} << left) - 1u);
+    m0 = _mm512_max_epu16(m0, _mm512_and_si512(_mm512_maskz_loadu_epi16(m, v + i), magnitude));
+  }
+  m0 = _mm512_max_epu16(m0, m1);
+  const __m512i low = _mm512_and_si512(m0, _mm512_set1_epi32(0xffff));
+  const __m512i high = _mm512_srli_epi32(m0, 16);
+  return static_cast<uint32_t>(_mm512_reduce_max_epu32(_mm512_max_epu32(low, high))) << 16;
+}
+
+// quantize_block_lanes for BFloat16 rows, 64 values per step without shuffling the inputs: in each 32-bit
+// lane of a load the even value is the low half (a float32 after a shift) and the odd one the high half (a
+// float32 after a mask). Their codes (low byte of each lane, as encode_lanes gives them) are merged back
+// into memory order, two per lane, and two loads' worth packed into 64 codes by one pack and one permute.
+// The same float32 values, products (or quotients) and encoders as quantize_block_lanes: the same codes.
+template <typename Code, bool kMultiply>
+void quantize_bf16_block_lanes(const uint16_t* v, int64_t n, const BlockScale& s, typename Code::Storage* q) {
+  const __m512 factor = _mm512_set1_ps(kMultiply ? s.inverse : s.scale);
+  const __m512i high_half = _mm512_set1_epi32(static_cast<int32_t>(0xffff0000u));
+  const __m512i low_byte = _mm512_set1_epi32(0xff);
+  auto codes_of = [&](__m512i bits) {
+    const __m512 x = _mm512_castsi512_ps(bits);
+    return Code::encode_lanes(kMultiply ? _mm512_mul_ps(x, factor) : _mm512_div_ps(x, factor));
+  };
+  // 32 values -> their 32 codes in memory order, a pair in the low 16 bits of each 32-bit lane
+  auto code_pairs = [&](__m512i raw) {
+    const __m512i even = codes_of(_mm512_slli_epi32(raw, 16));
+    const __m512i odd = codes_of(_mm512_and_si512(raw, high_half));
+    const __m512i odd_byte = _mm512_srli_epi32(_mm512_slli_epi32(odd, 24), 16);  // bits 8..15, rest 0
+    return _mm512_ternarylogic_epi32(even, low_byte, odd_byte, 0xea);            // (even & 0xff) | odd_byte
+  };
+  // packus interleaves its inputs per 128-bit lane (8 codes of a, 8 of b, ...): put the 64-bit groups back
+  const __m512i order = _mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7);
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    const __m512i a = code_pairs(_mm512_loadu_si512(v + i));
+    const __m512i b = code_pairs(_mm512_loadu_si512(v + i + 32));
+    _mm512_storeu_si512(q + i, _mm512_permutexvar_epi64(order, _mm512_packus_epi32(a, b)));
+  }
+  if (i < n) quantize_block_lanes<BFloat16, Code, kMultiply>(v + i, n - i, s, q + i);
+}
+
 // dequantizes one block (n codes, one scale) into out over 16 lanes at a time.
 template <typename Code, typename Type>
 void dequantize_block_lanes(const typename Code::Storage* q, int64_t n, float scale,
@@ -227,6 +282,7 @@ void dequantize_block_lanes(const typename Code::Storage* q, int64_t n, float sc
 template <typename Type>
 uint32_t block_absmax_bits(const typename Type::Storage* v, int64_t n) {
 #if defined(MOECOMM_SIMD_AVX512)
+  if constexpr (std::is_same_v<Type, BFloat16>) return absmax_bits_bf16(v, n);
   if constexpr (simd::Lanes<Type>::kLoad) return absmax_bits_lanes<Type>(v, n);
 #endif
   return absmax_bits<Type>(v, n);
@@ -236,7 +292,14 @@ template <typename Type, typename Code>
 void encode_block(const typename Type::Storage* v, int64_t n, const BlockScale& s,
                   typename Code::Storage* q) {
 #if defined(MOECOMM_SIMD_AVX512)
-  if constexpr (simd::Lanes<Type>::kLoad) {
+  if constexpr (std::is_same_v<Type, BFloat16>) {
+    if (s.multiply) {
+      quantize_bf16_block_lanes<Code, true>(v, n, s, q);
+    } else {
+      quantize_bf16_block_lanes<Code, false>(v, n, s, q);
+    }
+    return;
+  } else if constexpr (simd::Lanes<Type>::kLoad) {
     if (s.multiply) {
       quantize_block_lanes<Type, Code, true>(v, n, s, q);
     } else {

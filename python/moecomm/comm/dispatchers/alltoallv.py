@@ -84,30 +84,20 @@ class AlltoallvDispatcher(Dispatcher):
         self.exchange = token_exchange(self.transport, self.workspace)
 
     def _routing_metadata(
-        self,
-        ids: torch.Tensor,
-        is_kept: torch.Tensor,
-        weights: torch.Tensor,
-        dest_layout: RouteLayout,
-        dest_mask: torch.Tensor,
+        self, ids: torch.Tensor, is_kept: torch.Tensor, weights: torch.Tensor, dest_mask: torch.Tensor
     ) -> torch.Tensor:
-        """``[N_send, 2K]`` int32 per sent token row: its K local expert ids on the destination (-1 where the pair
-        is not for it or dropped), then its K float32 weights (bit-cast to int32)."""
-        num_tokens, num_ranks = dest_mask.shape
-        device = ids.device
-        rows = dest_layout.row_of_pair[dest_mask]
-        token_of_row = torch.empty(rows.numel(), dtype=torch.int64, device=device)
-        dest_of_row = torch.empty_like(token_of_row)
-        token_of_row[rows] = (
-            torch.arange(num_tokens, device=device).unsqueeze(1).expand(num_tokens, num_ranks)[dest_mask]
-        )
-        dest_of_row[rows] = torch.arange(num_ranks, device=device).expand(num_tokens, num_ranks)[dest_mask]
-        row_ids = ids.to(torch.int64)[token_of_row]
-        first = (dest_of_row * self.num_local_experts).unsqueeze(1)
-        here = is_kept[token_of_row] & (row_ids >= first) & (row_ids < first + self.num_local_experts)
-        local_ids = torch.where(here, row_ids - first, torch.full_like(row_ids, -1)).to(torch.int32)
-        row_weights = torch.where(here, weights[token_of_row], torch.zeros((), device=device))
-        return torch.cat([local_ids, row_weights.contiguous().view(torch.int32)], dim=1)
+        """``[N_send, 2K]`` int32 per sent token row, in the send order (destination, then token: the order of the
+        destination layout): its K local expert ids on the destination (-1 where the pair is not for it or
+        dropped), then its K float32 weights (bit-cast to int32). ``dest_mask [T, R]``: rows sent."""
+        num_ranks, experts = dest_mask.shape[1], self.num_local_experts
+        ids64 = ids.to(torch.int64)
+        dest = torch.div(ids64, experts, rounding_mode="floor")
+        ranks = torch.arange(num_ranks, device=ids.device).view(num_ranks, 1, 1)
+        here = (dest.unsqueeze(0) == ranks) & is_kept.unsqueeze(0)  # [R, T, K]
+        local_ids = torch.where(here, (ids64 - dest * experts).to(torch.int32).unsqueeze(0), -1)
+        pair_weights = torch.where(here, weights.to(torch.float32).unsqueeze(0), 0.0)
+        sent = dest_mask.t()  # [R, T]: boolean indexing keeps (destination, token) order
+        return torch.cat([local_ids[sent], pair_weights[sent].view(torch.int32)], dim=1)
 
     def dispatch(
         self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, *, dequantize: bool = True
@@ -142,7 +132,7 @@ class AlltoallvDispatcher(Dispatcher):
         send_splits, recv_splits = counts[self.rank].tolist(), counts[:, self.rank].tolist()
         dest_ids = torch.arange(num_ranks, device=x.device).expand(x.shape[0], num_ranks).contiguous()
         dest_layout = backend.route_layout(dest_ids, num_ranks, num_ranks, dest_mask)
-        metadata = self._routing_metadata(ids, plan.is_kept, plan.topk_weights, dest_layout, dest_mask)
+        metadata = self._routing_metadata(ids, plan.is_kept, plan.topk_weights, dest_mask)
         with self.refused_rows_break_transport():
             received_rows, received_metadata = self.exchange.send_tokens(
                 backend, self.codec, x, dest_layout, metadata, counts
