@@ -221,41 +221,48 @@ void select_kept(const TensorArg& topk_ids, int64_t num_experts, int64_t experts
   });
 }
 
-SegmentedRows segmented_rows(const std::vector<TensorArg>& outs, int64_t dim,
-                             std::initializer_list<int> allowed, int64_t cols) {
-  if (outs.empty()) throw std::invalid_argument("out: expected at least one output buffer, got none");
-  SegmentedRows rows;
-  rows.first_row.push_back(0);
-  const int64_t elem = static_cast<int64_t>(cpu::element_size(static_cast<ScalarType>(outs.front().dtype)));
-  int64_t stride = -1;         // elements, from the first out holding two rows or more
-  int64_t single_stride = -1;  // else the stride of the first out holding one row, if at least cols
-  for (const TensorArg& out : outs) {
-    check_tensor(out, dim, allowed);
-    if (out.dtype != outs.front().dtype) fail(out, "expected the dtype of the other output buffers");
-    const int64_t n = out.size(0);
-    if (dim == 2) {
-      if (out.size(1) != cols)
-        fail(out, "expected " + std::to_string(cols) + " columns, got " + shape_string(out.shape));
-      if (cols > 1 && out.stride(1) != 1) fail(out, "expected rows with contiguous columns");
-    }
-    if (n > 1) {
-      if (out.stride(0) < cols)
-        fail(out, "expected rows at least " + std::to_string(cols) + " elements apart");
-      if (stride >= 0 && out.stride(0) != stride)
-        fail(out,
-             "expected rows " + std::to_string(stride) + " elements apart, like the other output buffers");
-      stride = out.stride(0);
-    }
-    if (n == 1 && single_stride < 0 && out.stride(0) >= cols) single_stride = out.stride(0);
-    rows.bases.push_back(n > 0 ? out.ptr<char>() : nullptr);
-    rows.first_row.push_back(rows.first_row.back() + n);
+SegmentedRows ranged_rows(const std::vector<TensorArg>& buffers, const TensorArg& table, int64_t row_stride,
+                          int64_t row_bytes) {
+  check_tensor(table, 2, {kI64});
+  check_contiguous(table);
+  if (table.size(1) != 3 || table.size(0) < 1)
+    fail(table, "expected [S, 3] (buffer, byte offset, rows) with S >= 1, got " + shape_string(table.shape));
+  if (row_bytes < 0 || row_stride < row_bytes) {
+    fail(table, "expected a row stride of at least " + std::to_string(row_bytes) + " bytes, got " +
+                    std::to_string(row_stride));
   }
-  rows.row_stride = (stride >= 0 ? stride : single_stride >= 0 ? single_stride : cols) * elem;
+  for (const TensorArg& buffer : buffers) check_extent(buffer);
+  SegmentedRows rows;
+  rows.row_stride = row_stride;
+  rows.first_row.push_back(0);
+  const int64_t* entry = table.ptr<const int64_t>();
+  for (int64_t i = 0; i < table.size(0); ++i, entry += 3) {
+    const int64_t index = entry[0], offset = entry[1], count = entry[2];
+    const std::string where = "segment " + std::to_string(i);
+    if (index < 0 || index >= static_cast<int64_t>(buffers.size()))
+      fail(table, where + ": buffer " + std::to_string(index) + " of " + std::to_string(buffers.size()));
+    if (offset < 0 || count < 0) fail(table, where + ": negative byte offset or rows");
+    const TensorArg& buffer = buffers[static_cast<size_t>(index)];
+    int64_t last = 0, end = 0;
+    if (count > 0 && row_bytes > 0 &&
+        (__builtin_mul_overflow(count - 1, row_stride, &last) || __builtin_add_overflow(offset, last, &end) ||
+         __builtin_add_overflow(end, row_bytes, &end) || end > buffer.nbytes || buffer.data == 0)) {
+      fail(buffer, where + ": " + std::to_string(count) + " rows of " + std::to_string(row_bytes) +
+                       " bytes, " + std::to_string(row_stride) + " apart, from byte " +
+                       std::to_string(offset) + " pass the " + std::to_string(buffer.nbytes) +
+                       " bytes of the buffer");
+    }
+    int64_t total = 0;
+    if (__builtin_add_overflow(rows.first_row.back(), count, &total))
+      fail(table, where + ": rows past 2**63");
+    rows.bases.push_back(count > 0 && row_bytes > 0 ? buffer.ptr<char>() + offset : nullptr);
+    rows.first_row.push_back(total);
+  }
   return rows;
 }
 
-void permute(const TensorArg& x, const TensorArg& row_of_pair, const std::vector<TensorArg>& out,
-             int num_threads) {
+void permute(const TensorArg& x, const TensorArg& row_of_pair, const std::vector<TensorArg>& buffers,
+             const TensorArg& table, int64_t row_stride, int num_threads) {
   check_tensor(x, 2, {kF32, kF16, kBF16, kI8});
   check_tensor(row_of_pair, 2, {kI64});
   check_contiguous(row_of_pair);
@@ -264,12 +271,12 @@ void permute(const TensorArg& x, const TensorArg& row_of_pair, const std::vector
     fail(row_of_pair, "expected " + std::to_string(T) + " tokens (x has " + std::to_string(T) + "), got " +
                           std::to_string(row_of_pair.size(0)));
   }
-  const SegmentedRows rows = segmented_rows(out, 2, {x.dtype}, H);
-  for (const TensorArg& segment : out) advise_huge_pages(segment);
+  const size_t elem = cpu::element_size(x.scalar_type());
+  const SegmentedRows rows = ranged_rows(buffers, table, row_stride, H * static_cast<int64_t>(elem));
+  for (const TensorArg& buffer : buffers) advise_huge_pages(buffer);
   const int64_t K = row_of_pair.size(1);
-  const int64_t bad =
-      cpu::permute(x.ptr<const void>(), T, H, x.stride(0), x.stride(1), cpu::element_size(x.scalar_type()),
-                   row_of_pair.ptr<const int64_t>(), K, rows.segments(), num_threads);
+  const int64_t bad = cpu::permute(x.ptr<const void>(), T, H, x.stride(0), x.stride(1), elem,
+                                   row_of_pair.ptr<const int64_t>(), K, rows.segments(), num_threads);
   if (bad == cpu::kBadRowSegments)
     throw std::logic_error("permute: the kernel refused output rows the host checked");
   check_rows(row_of_pair, bad, rows.num_rows());

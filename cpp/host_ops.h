@@ -27,17 +27,19 @@ struct SegmentedRows {
   }
 };
 
-// The rows of `outs` (one buffer, or several holding consecutive rows) as SegmentedRows: each out is 1-D
-// [n] or 2-D [n, cols] of a dtype in `allowed` (all the same), its cols contiguous, its rows stride(0)
-// elements apart: the same stride in every out holding two rows or more, and at least cols (rows do not
-// overlap); without such an out, the stride of the first one-row out (if at least cols) or cols. Raises
-// naming the first out that fails.
-SegmentedRows segmented_rows(const std::vector<TensorArg>& outs, int64_t dim,
-                             std::initializer_list<int> allowed, int64_t cols);
+// Output rows in byte ranges of `buffers`: table [S, 3] int64 (contiguous) holds per segment (buffer index,
+// byte offset from the buffer's data pointer, rows); segments hold consecutive output rows in table order,
+// row r of a segment starting r * row_stride bytes after its first. Checks the table's values and that every
+// row's row_bytes lie in its buffer (TensorArg.nbytes: the storage from its data pointer on) and row_stride
+// >= row_bytes; raises naming the table or the buffer. Overlapping rows are not checked (not a bounds
+// matter).
+SegmentedRows ranged_rows(const std::vector<TensorArg>& buffers, const TensorArg& table, int64_t row_stride,
+                          int64_t row_bytes);
 
-// x [T,H] -> out rows (one buffer or several, see segmented_rows; dtype of x) by row_of_pair [T,K].
-void permute(const TensorArg& x, const TensorArg& row_of_pair, const std::vector<TensorArg>& out,
-             int num_threads);
+// x [T,H] -> output rows (byte ranges of buffers, see ranged_rows; H elements of x's type each) by
+// row_of_pair [T,K].
+void permute(const TensorArg& x, const TensorArg& row_of_pair, const std::vector<TensorArg>& buffers,
+             const TensorArg& table, int64_t row_stride, int num_threads);
 
 void unpermute(const TensorArg& y, const TensorArg& row_of_pair, const TensorArg& topk_weights,
                const TensorArg& out, int64_t token_begin, int64_t token_end, int num_threads);

@@ -22,10 +22,9 @@ struct QuantLayout {
   std::vector<int64_t> scales_shape;
 };
 
-// `rows`: rows of all of q's buffers (q.size(0) for one buffer).
-QuantLayout quant_layout(const TensorArg& q, int64_t rows) {
-  const int64_t hidden = q.size(1);
-  if (q.dtype == kI8) return {QuantKind::kInt8, hidden > 0 ? hidden : 1, 1, {rows}};
+// The block layout of `rows` rows of `hidden` codes of code_dtype (int8 or float8_e4m3fn).
+QuantLayout quant_layout(int code_dtype, int64_t hidden, int64_t rows = 0) {
+  if (code_dtype == kI8) return {QuantKind::kInt8, hidden > 0 ? hidden : 1, 1, {rows}};
   const int64_t blocks = (hidden + kFloat8BlockCols - 1) / kFloat8BlockCols;
   return {QuantKind::kFloat8E4M3, kFloat8BlockCols, blocks, {rows, blocks}};
 }
@@ -80,25 +79,21 @@ void check_scatter_result(const std::optional<TensorArg>& row_of_pair, int64_t b
 
 }  // namespace
 
-void quantize_rows(const TensorArg& x, const std::vector<TensorArg>& q, const std::vector<TensorArg>& scales,
-                   const std::optional<TensorArg>& row_of_pair, int num_threads) {
+void quantize_rows(const TensorArg& x, int code_dtype, const std::vector<TensorArg>& q_buffers,
+                   const TensorArg& q_table, int64_t q_row_stride,
+                   const std::vector<TensorArg>& scale_buffers, const TensorArg& scale_table,
+                   int64_t scale_row_stride, const std::optional<TensorArg>& row_of_pair, int num_threads) {
   check_tensor(x, 2, {kF32, kF16, kBF16});
-  const SegmentedRows q_rows = segmented_rows(q, 2, {kI8, kF8E4M3}, x.size(1));
-  const QuantLayout layout = quant_layout(q.front(), q_rows.num_rows());
-  if (scales.size() != q.size()) {
-    throw std::invalid_argument("scales: expected one buffer per codes buffer (" + std::to_string(q.size()) +
-                                "), got " + std::to_string(scales.size()));
-  }
-  const SegmentedRows scale_rows =
-      segmented_rows(scales, static_cast<int64_t>(layout.scales_shape.size()), {kF32}, layout.scales_per_row);
-  for (size_t i = 0; i < q.size(); ++i) {
-    if (scales[i].size(0) != q[i].size(0))
-      fail(scales[i], "expected " + std::to_string(q[i].size(0)) + " rows (as its codes buffer), got " +
-                          std::to_string(scales[i].size(0)));
-  }
+  if (code_dtype != kI8 && code_dtype != kF8E4M3)
+    throw std::invalid_argument("code_dtype: expected int8 or float8_e4m3fn, got " + dtype_name(code_dtype));
+  const QuantLayout layout = quant_layout(code_dtype, x.size(1));
+  const SegmentedRows q_rows = ranged_rows(q_buffers, q_table, q_row_stride, x.size(1));
+  const SegmentedRows scale_rows = ranged_rows(scale_buffers, scale_table, scale_row_stride,
+                                               layout.scales_per_row * static_cast<int64_t>(sizeof(float)));
+  if (scale_rows.first_row != q_rows.first_row)
+    fail(scale_table, "expected the rows per segment of the codes' table");
   const int64_t num_out_rows = q_rows.num_rows();
-  const TensorArg& first_out = q.front();
-  const cpu::RowScatter scatter = scatter_of(row_of_pair, x.size(0), num_out_rows, first_out);
+  const cpu::RowScatter scatter = scatter_of(row_of_pair, x.size(0), num_out_rows, q_table);
   const int64_t bad =
       cpu::quantize_rows(x.ptr<const void>(), x.scalar_type(), x.size(0), x.size(1), x.stride(0), x.stride(1),
                          layout.kind, layout.block_cols, layout.scales_per_row, scatter, q_rows.segments(),
@@ -113,7 +108,7 @@ void dequantize_rows(const TensorArg& q, const TensorArg& scales, const TensorAr
                      const std::optional<TensorArg>& row_of_pair, int num_threads) {
   check_tensor(q, 2, {kI8, kF8E4M3});
   check_rows_of(q, {kI8, kF8E4M3}, q.shape);
-  const QuantLayout layout = quant_layout(q, q.size(0));
+  const QuantLayout layout = quant_layout(q.dtype, q.size(1), q.size(0));
   check_rows_of(scales, {kF32}, layout.scales_shape);
   check_tensor(out, 2, {kF32, kF16, kBF16});
   const int64_t num_out_rows = out.size(0);

@@ -10,13 +10,16 @@
 
 namespace moecomm::host {
 
-// x [N,H] float32/float16/bfloat16 (any strides) -> q [N_out,H] int8 or float8_e4m3fn and scales (float32,
-// [N_out] or [N_out, ceil(H/128)] by q's dtype); q and scales rows may be any stride apart (wire rows),
-// their columns contiguous; each is one buffer or several holding consecutive rows (segmented_rows; q[i] and
-// scales[i] the same rows). Without row_of_pair N_out = N; with row_of_pair [N,K] int64, row t goes to the
-// rows row_of_pair[t] (permute's rule). Raises naming x if a row holds inf or NaN.
-void quantize_rows(const TensorArg& x, const std::vector<TensorArg>& q, const std::vector<TensorArg>& scales,
-                   const std::optional<TensorArg>& row_of_pair, int num_threads);
+// x [N,H] float32/float16/bfloat16 (any strides) -> N_out rows of H codes of code_dtype (int8 or
+// float8_e4m3fn) and their float32 scales (1 per row for int8, ceil(H/128) for float8_e4m3fn). Codes and
+// scales rows are byte ranges of buffers (ranged_rows: q_* for the codes, scales_* for the scales, with the
+// same rows per segment); they may interleave in one buffer (wire rows). Without row_of_pair N_out = N; with
+// row_of_pair [N,K] int64, row t goes to the rows row_of_pair[t] (permute's rule). Raises naming x if a row
+// holds inf or NaN.
+void quantize_rows(const TensorArg& x, int code_dtype, const std::vector<TensorArg>& q_buffers,
+                   const TensorArg& q_table, int64_t q_row_stride,
+                   const std::vector<TensorArg>& scale_buffers, const TensorArg& scale_table,
+                   int64_t scale_row_stride, const std::optional<TensorArg>& row_of_pair, int num_threads);
 
 // q [N,H] int8 or float8_e4m3fn and scales as quantize_rows wrote them (row-strided) -> out [N_out,H]
 // float32/float16/bfloat16 contiguous, scattered by row_of_pair [N,K] as quantize_rows does.

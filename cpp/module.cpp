@@ -43,8 +43,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("select_kept", &moecomm::host::select_kept, py::arg("topk_ids"), py::arg("num_experts"),
         py::arg("experts_per_bucket"), py::arg("capacity"), py::arg("topk_weights"), py::arg("is_kept"),
         release);
-  m.def("permute", &moecomm::host::permute, py::arg("x"), py::arg("row_of_pair"), py::arg("out"),
-        py::arg("num_threads"), release);
+  m.def("permute", &moecomm::host::permute, py::arg("x"), py::arg("row_of_pair"), py::arg("buffers"),
+        py::arg("table"), py::arg("row_stride"), py::arg("num_threads"), release);
   m.def("unpermute", &moecomm::host::unpermute, py::arg("y"), py::arg("row_of_pair"), py::arg("topk_weights"),
         py::arg("out"), py::arg("token_begin"), py::arg("token_end"), py::arg("num_threads"), release);
   m.def("regroup_blocks", &moecomm::host::regroup_blocks, py::arg("rows"), py::arg("block_rows"),
@@ -84,8 +84,10 @@ PYBIND11_MODULE(_C, m) {
       .def("ensure_region", &ShmGroupHost::ensure_region, py::arg("region"), py::arg("nbytes"), release)
       .def("sync", &ShmGroupHost::sync, py::arg("timeout_s"), release)
       .def("region", &ShmGroupHost::region, py::arg("rank"), py::arg("region"), release);
-  m.def("quantize_rows", &moecomm::host::quantize_rows, py::arg("x"), py::arg("q"), py::arg("scales"),
-        py::arg("row_of_pair"), py::arg("num_threads"), release);
+  m.def("quantize_rows", &moecomm::host::quantize_rows, py::arg("x"), py::arg("code_dtype"),
+        py::arg("q_buffers"), py::arg("q_table"), py::arg("q_row_stride"), py::arg("scale_buffers"),
+        py::arg("scale_table"), py::arg("scale_row_stride"), py::arg("row_of_pair"), py::arg("num_threads"),
+        release);
   m.def("dequantize_rows", &moecomm::host::dequantize_rows, py::arg("q"), py::arg("scales"), py::arg("out"),
         py::arg("row_of_pair"), py::arg("num_threads"), release);
 }

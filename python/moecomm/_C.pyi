@@ -58,11 +58,13 @@ def select_kept(
     """capacity [E/experts_per_bucket] int64 >= 0; topk_weights [T,K] float32 (None: position
     policy); writes is_kept [T,K] bool."""
 
-def permute(x: TensorArg, row_of_pair: TensorArg, out: list[TensorArg], num_threads: int) -> None:
+def permute(
+    x: TensorArg, row_of_pair: TensorArg, buffers: list[TensorArg], table: TensorArg, row_stride: int, num_threads: int
+) -> None:
     """x [T,H] float32/float16/bfloat16/int8 (any strides); row_of_pair [T,K] int64 whose kept rows cover
-    [0, N) exactly once (else ValueError naming row_of_pair's TensorArg); out: the N output rows of H
-    elements in one or more buffers holding consecutive rows ([n_i, H], columns contiguous, rows the same
-    stride apart in every buffer of two rows or more, at least H)."""
+    [0, N) exactly once (else ValueError naming row_of_pair's TensorArg); the N output rows of H elements are
+    byte ranges of buffers: table [S,3] int64 (buffer index, byte offset from its data pointer, rows), ranges
+    holding consecutive rows, rows row_stride bytes apart; every row is checked to lie in its buffer's bytes."""
 
 def unpermute(
     y: TensorArg,
@@ -92,12 +94,21 @@ def advise_huge_pages(out: TensorArg) -> None:
     buffer (Linux); otherwise a no-op."""
 
 def quantize_rows(
-    x: TensorArg, q: list[TensorArg], scales: list[TensorArg], row_of_pair: TensorArg | None, num_threads: int
+    x: TensorArg,
+    code_dtype: int,
+    q_buffers: list[TensorArg],
+    q_table: TensorArg,
+    q_row_stride: int,
+    scale_buffers: list[TensorArg],
+    scale_table: TensorArg,
+    scale_row_stride: int,
+    row_of_pair: TensorArg | None,
+    num_threads: int,
 ) -> None:
-    """x [N,H] float32/float16/bfloat16 (any strides); q: N_out rows of H int8 or float8_e4m3fn codes; scales
-    float32, [n_i] for int8 or [n_i, ceil(H/128)] for float8_e4m3fn per buffer; each one buffer or several
-    holding consecutive rows (q[i] and scales[i] the same rows). q and scales rows may be any stride apart
-    (columns of wire rows; the same stride in every buffer of two rows or more), their columns contiguous. row_of_pair None: N_out = N, row t to row t; else
+    """x [N,H] float32/float16/bfloat16 (any strides) -> N_out rows of H codes of code_dtype (int8 or
+    float8_e4m3fn ScalarType code) and their float32 scales (1 per row for int8, ceil(H/128) for fp8), each
+    as byte ranges of buffers (see permute; the scale table has the rows per range of the code table; codes
+    and scales may interleave in one buffer: wire rows). row_of_pair None: N_out = N, row t to row t; else
     [N,K] int64 contiguous, row t to rows row_of_pair[t] (permute's rule, -1 skips). Raises naming x for a
     row holding inf or NaN, naming row_of_pair for a bad row map."""
 

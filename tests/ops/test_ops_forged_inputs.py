@@ -134,8 +134,9 @@ def test_permute_refuses_shapes_past_the_storage(victim):
         args["layout"] = forged("layout", layout.row_of_pair, [8, 2], [2, 1], nbytes=8 * 15)
     else:
         args["out"] = forged("out", out, [layout.num_rows, 3], [3, 1], nbytes=out.nbytes - 4)
+    table = tensor_arg("out", torch.tensor([[0, 0, layout.num_rows]]))
     with pytest.raises(ValueError, match=f"^{victim}: .*storage holds"):
-        _C.permute(args["x"], args["layout"], [args["out"]], 1)
+        _C.permute(args["x"], args["layout"], [args["out"]], table, 3 * 4, 1)
 
 
 def test_every_entry_point_rechecks_extents():

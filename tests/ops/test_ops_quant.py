@@ -309,44 +309,38 @@ def test_bad_scale_values_are_named(impl, bad):
 
 
 def test_forged_tensor_args_are_rejected_by_the_core():
+    from moecomm.ops._native import dtype_code
+
     x = torch.randn(4, 300)
     q = torch.empty(4, 300, dtype=torch.float8_e4m3fn)
-    with pytest.raises(ValueError, match="scales"):  # fp8 needs [4, 3]
-        _C.quantize_rows(tensor_arg("x", x), [tensor_arg("q", q)], [tensor_arg("scales", torch.empty(4))], None, 1)
-    with pytest.raises(ValueError, match="q"):
-        _C.quantize_rows(
-            tensor_arg("x", x), [tensor_arg("q", q[:3])], [tensor_arg("scales", torch.empty(3, 3))], None, 1
-        )
-    with pytest.raises(ValueError, match="x"):
-        _C.quantize_rows(
-            tensor_arg("x", torch.ones(4, 300, dtype=torch.int32)),
+    fp8 = dtype_code(torch.float8_e4m3fn)
+
+    def call(x_arg, code, q_rows, q_stride, scales, scale_rows, scale_stride):
+        q_table, scale_table = torch.tensor([[0, 0, q_rows]]), torch.tensor([[0, 0, scale_rows]])
+        _C.quantize_rows(  # a TensorArg holds no memory: the tables must outlive the call
+            x_arg,
+            code,
             [tensor_arg("q", q)],
-            [tensor_arg("scales", torch.empty(4, 3))],
+            tensor_arg("q", q_table),
+            q_stride,
+            [tensor_arg("scales", scales)],
+            tensor_arg("scales", scale_table),
+            scale_stride,
             None,
             1,
         )
-    halves = [q[:2], q[2:]]
-    with pytest.raises(ValueError, match="scales: expected one buffer per codes buffer"):
-        _C.quantize_rows(
-            tensor_arg("x", x), [tensor_arg("q", h) for h in halves], [tensor_arg("s", torch.empty(4, 3))], None, 1
-        )
-    with pytest.raises(ValueError, match=r"^s1: expected 1 rows \(as its codes buffer\), got 2"):
-        _C.quantize_rows(
-            tensor_arg("x", x[:3]),
-            [tensor_arg("q0", halves[0]), tensor_arg("q1", halves[1][:1])],
-            [tensor_arg("s0", torch.empty(2, 3)), tensor_arg("s1", torch.empty(2, 3))],
-            None,
-            1,
-        )
-    with pytest.raises(ValueError, match=r"^q1: expected rows 300 elements apart, like the other output buffers"):
-        wider = torch.empty(2, 400, dtype=torch.float8_e4m3fn)[:, :300]
-        _C.quantize_rows(
-            tensor_arg("x", x),
-            [tensor_arg("q0", halves[0]), tensor_arg("q1", wider)],
-            [tensor_arg("s0", torch.empty(2, 3)), tensor_arg("s1", torch.empty(2, 3))],
-            None,
-            1,
-        )
+
+    call(tensor_arg("x", x), fp8, 4, 300, torch.empty(4, 3), 4, 12)  # honest: 3 scales per row for H=300
+    with pytest.raises(ValueError, match="^scales: segment 0: 4 rows of 12 bytes, 12 apart, from byte 0 pass the 16"):
+        call(tensor_arg("x", x), fp8, 4, 300, torch.empty(4), 4, 12)  # fp8 needs [4, 3]
+    with pytest.raises(ValueError, match="^q: expected 4 rows"):
+        call(tensor_arg("x", x), fp8, 3, 300, torch.empty(3, 3), 3, 12)
+    with pytest.raises(ValueError, match="^scales: expected the rows per segment of the codes' table"):
+        call(tensor_arg("x", x), fp8, 4, 300, torch.empty(4, 3), 3, 12)
+    with pytest.raises(ValueError, match="^x"):
+        call(tensor_arg("x", torch.ones(4, 300, dtype=torch.int32)), fp8, 4, 300, torch.empty(4, 3), 4, 12)
+    with pytest.raises(ValueError, match="^code_dtype: expected int8 or float8_e4m3fn, got float32"):
+        call(tensor_arg("x", x), dtype_code(torch.float32), 4, 300, torch.empty(4, 3), 4, 12)
     wide = torch.empty(4, 600, dtype=torch.int8)[:, ::2]
     with pytest.raises(ValueError, match="q"):
         _C.dequantize_rows(tensor_arg("q", wide), tensor_arg("scales", torch.ones(4)), tensor_arg("out", x), None, 1)

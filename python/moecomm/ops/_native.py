@@ -18,6 +18,11 @@ _DTYPE_CODES = {
 }
 
 
+def dtype_code(dtype: torch.dtype) -> int:
+    """The native core's ScalarType code of ``dtype`` (one it supports)."""
+    return _DTYPE_CODES[dtype]
+
+
 def tensor_arg(name: str, tensor: torch.Tensor) -> _C.TensorArg:
     """Describes a CPU ``tensor`` of any supported dtype for the native core (no copy).
 

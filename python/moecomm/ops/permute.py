@@ -8,7 +8,7 @@ from moecomm import _C
 from moecomm.checks import ACTIVATION_DTYPES, ROW_DTYPES, check_tensor, check_topk_weights
 from moecomm.ops._device import reference_ops, runs_natively
 from moecomm.ops._native import num_threads, tensor_arg
-from moecomm.ops._out import RowsOut, output_buffer, output_rows, rows_result
+from moecomm.ops._out import RowsOut, native_ranges, output_buffer, output_rows, rows_result
 from moecomm.ops.layout import RouteLayout, check_layout, route_layout
 
 
@@ -71,19 +71,20 @@ def permute(
         layout: from :func:`route_layout` over the same ``topk_ids [T, K]``, on x's device.
         is_kept: optional ``[T, K]`` bool; dropped pairs are skipped and no other expert's rows shift.
         out: optional ``[N_kept, H]`` tensor of x's dtype and device to write into (rows contiguous, any
-            stride apart), or a list of such ``[n_i, H]`` tensors holding consecutive rows (e.g. one per peer's
-            shared region: each token is read once, whatever the number of buffers); see
-            :func:`moecomm.ops._out.output_rows`. It may share no memory with x or the layout.
+            stride apart), a list of such ``[n_i, H]`` tensors holding consecutive rows (e.g. one per peer's
+            shared region: each token is read once, whatever the number of buffers), or
+            :class:`~moecomm.ops._out.RowRanges`; see :func:`moecomm.ops._out.output_rows`. It may share no
+            memory with x or the layout.
 
     Returns:
-        ``[N_kept, H]`` in x's dtype, rows ordered by expert, then token, then k (``out`` itself when given;
-        the list of buffers when ``out`` is a list).
+        ``[N_kept, H]`` in x's dtype, rows ordered by expert, then token, then k (``out`` itself when given:
+        the tensor, list or ranges).
     """
     if not runs_natively(x):
         return reference_ops().permute(x, layout, is_kept, out=out)
     x, layout = check_permute_args(x, layout)
     layout = kept_layout(layout, is_kept)
-    segments = output_rows(
+    ranges = output_rows(
         out,
         (layout.num_rows, x.shape[1]),
         dtype=x.dtype,
@@ -91,13 +92,8 @@ def permute(
         inputs={"x": x, "layout": layout.row_of_pair},
         sized_by="x",
     )
-    _C.permute(
-        tensor_arg("x", x),
-        tensor_arg("layout", layout.row_of_pair),
-        [tensor_arg("out" if len(segments) == 1 else f"out[{i}]", s) for i, s in enumerate(segments)],
-        num_threads(),
-    )
-    return rows_result(out, segments)
+    _C.permute(tensor_arg("x", x), tensor_arg("layout", layout.row_of_pair), *native_ranges(ranges), num_threads())
+    return rows_result(out, ranges)
 
 
 def unpermute(

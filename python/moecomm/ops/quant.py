@@ -27,8 +27,8 @@ import torch
 
 from moecomm import _C
 from moecomm.checks import ACTIVATION_DTYPES, _names, check_choice, check_tensor
-from moecomm.ops._native import num_threads, tensor_arg
-from moecomm.ops._out import output_buffer
+from moecomm.ops._native import dtype_code, num_threads, tensor_arg
+from moecomm.ops._out import RowRanges, native_ranges, output_buffer
 
 QUANT_KINDS = ("int8", "fp8")
 FP8_BLOCK_COLS = 128
@@ -121,10 +121,44 @@ def quantize_rows(
         sized_by="x",
         name="out_scales",
     )
-    _C.quantize_rows(
-        tensor_arg("x", x), [tensor_arg("out", q)], [tensor_arg("out_scales", scales)], None, num_threads()
+    one_range = torch.tensor([[0, 0, num_rows]], dtype=torch.int64, device="cpu")
+    quantize_into(
+        x,
+        fmt,
+        RowRanges((q,), one_range, hidden * q.element_size()),
+        RowRanges((scales,), one_range, fmt.scales_per_row(hidden) * SCALE_BYTES),
+        None,
+        names=("out", "out_scales"),
     )
     return q, scales
+
+
+def quantize_into(
+    x: torch.Tensor,
+    fmt: QuantFormat,
+    codes: RowRanges,
+    scales: RowRanges,
+    row_of_pair: torch.Tensor | None,
+    *,
+    names: tuple[str, str] = ("out", "out"),
+) -> None:
+    """Runs the native quantizer: ``x [N, H]`` (checked) into the code rows and scale rows of ``codes`` and
+    ``scales`` (the same rows per range; they may interleave, as in wire rows), scattered by ``row_of_pair [N, K]``
+    int64 when given. Raises naming x for a row holding inf or NaN."""
+    code_buffers, code_table, code_stride = native_ranges(codes, names[0])
+    scale_buffers, scale_table, scale_stride = native_ranges(scales, names[1])
+    _C.quantize_rows(
+        tensor_arg("x", x),
+        dtype_code(fmt.dtype),
+        code_buffers,
+        code_table,
+        code_stride,
+        scale_buffers,
+        scale_table,
+        scale_stride,
+        None if row_of_pair is None else tensor_arg("layout", row_of_pair),
+        num_threads(),
+    )
 
 
 def dequantize_rows(

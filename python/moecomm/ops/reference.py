@@ -116,7 +116,7 @@ def permute(
     x, layout = check_permute_args(x, layout)
     layout = kept_layout_reference(layout, is_kept)
     check_rows_cover(layout)
-    segments = output_rows(
+    ranges = output_rows(
         out,
         (layout.num_rows, x.shape[1]),
         dtype=x.dtype,
@@ -128,11 +128,11 @@ def permute(
     rows = layout.row_of_pair.reshape(-1)
     token_of_pair = torch.arange(num_tokens, device=x.device).repeat_interleave(top_k)
     kept = rows >= 0
-    result = segments[0] if out is None else x.new_empty((layout.num_rows, x.shape[1]))
+    result = ranges.buffers[0] if out is None else x.new_empty((layout.num_rows, x.shape[1]))
     result[rows[kept]] = x[token_of_pair[kept]]
     if out is not None:
-        write_rows(result, segments)
-    return rows_result(out, segments)
+        write_rows(result, ranges)
+    return rows_result(out, ranges)
 
 
 def unpermute(

@@ -84,9 +84,9 @@ def quantize_to_wire(
     rows = rows if layout is None else _permute(rows, layout)
     if out is None:
         return rows
-    segments = wire_outputs(out, rows.shape[0], fmt, x)
-    write_rows(rows, segments)
-    return rows_result(out, segments)
+    ranges = wire_outputs(out, rows.shape[0], fmt, x)
+    write_rows(rows, ranges)
+    return rows_result(out, ranges)
 
 
 def dequantize_from_wire(

@@ -23,9 +23,16 @@ from moecomm import _C
 from moecomm.checks import check_tensor
 from moecomm.ops._device import runs_natively
 from moecomm.ops._native import num_threads, tensor_arg
-from moecomm.ops._out import RowsOut, output_buffer, output_rows, rows_result
+from moecomm.ops._out import RowRanges, RowsOut, output_buffer, output_rows, rows_result
 from moecomm.ops.layout import RouteLayout, check_layout
-from moecomm.ops.quant import SCALE_BYTES, QuantFormat, check_dequantize_args, check_quantize_args, quant_format
+from moecomm.ops.quant import (
+    SCALE_BYTES,
+    QuantFormat,
+    check_dequantize_args,
+    check_quantize_args,
+    quant_format,
+    quantize_into,
+)
 
 WIRE_DTYPE = torch.int8
 
@@ -110,9 +117,10 @@ def quantize_to_wire(
         layout: None (wire row t is token t) or a RouteLayout over ``[T, K]`` pairs on x's device: token t's
             wire row goes to each of its kept pairs' rows (expert-major, as ``permute``).
         out: optional ``[N, W]`` int8 tensor to write into (rows any stride apart that is a multiple of 4,
-            bytes contiguous; e.g. a view of a peer's shared region), or a list of such tensors holding
-            consecutive rows (e.g. one per peer's region: each token is still quantized once); it may share
-            no memory with x. See :func:`moecomm.ops._out.output_rows`.
+            bytes contiguous; e.g. a view of a peer's shared region), a list of such tensors holding
+            consecutive rows (e.g. one per peer's region: each token is still quantized once), or
+            :class:`~moecomm.ops._out.RowRanges`; it may share no memory with x. See
+            :func:`moecomm.ops._out.output_rows`.
 
     Returns:
         ``[N, W]`` int8 wire rows, N = T without a layout, else ``layout.num_rows`` (``out`` itself when
@@ -128,22 +136,21 @@ def quantize_to_wire(
     x, _ = check_quantize_args(x, kind)
     fmt = wire_format(x.shape[1], kind)
     layout = _checked_layout(layout, x.shape[0], x.device, "x")
-    segments = wire_outputs(out, x.shape[0] if layout is None else layout.num_rows, fmt, x)
-    views = [fmt.views(segment) for segment in segments]
-    names = ["out" if len(segments) == 1 else f"out[{i}]" for i in range(len(segments))]
-    row_map = None if layout is None else tensor_arg("layout", layout.row_of_pair)
+    ranges = wire_outputs(out, x.shape[0] if layout is None else layout.num_rows, fmt, x)
+    scale_table = ranges.table.clone()
+    scale_table[:, 1] += fmt.scales_offset  # each row's scales follow its codes in the same wire row
     # codes and scales share the wire rows: the kernel writes each row whole, padding zeroed
-    _C.quantize_rows(
-        tensor_arg("x", x),
-        [tensor_arg(name, codes) for name, (codes, _) in zip(names, views)],
-        [tensor_arg(name, scales) for name, (_, scales) in zip(names, views)],
-        row_map,
-        num_threads(),
+    quantize_into(
+        x,
+        fmt.quant,
+        ranges,
+        RowRanges(ranges.buffers, scale_table, ranges.row_stride),
+        None if layout is None else layout.row_of_pair,
     )
-    return rows_result(out, segments)
+    return rows_result(out, ranges)
 
 
-def wire_outputs(out: RowsOut | None, num_rows: int, fmt: WireFormat, x: torch.Tensor) -> list[torch.Tensor]:
+def wire_outputs(out: RowsOut | None, num_rows: int, fmt: WireFormat, x: torch.Tensor) -> RowRanges:
     """The caller's ``out`` buffers (checked: :func:`~moecomm.ops._out.output_rows` with rows 4-byte aligned, no
     overlap with x) or a new ``[N, W]`` int8 tensor."""
     return output_rows(

@@ -2,19 +2,23 @@
 
 Dispatch: after the count exchange (which also shares every rank's tokens-per-destination counts), rank s
 sends each token that has a kept pair on rank d once to d, with that token's (local expert id, weight) pairs
-for d's experts (``-1`` / 0 for pairs elsewhere or dropped). Rank d lays the received token rows out
-expert-major for its local experts (local expert, then source rank, token, k: the contract of every dispatcher).
+for d's experts (``-1`` / 0 for pairs elsewhere or dropped). Over a collective transport rank d lays the
+received token rows out expert-major for its local experts (local expert, then source rank, token, k: the
+contract of every dispatcher). Over ``shm`` the senders write each kept pair's row straight into its
+expert-major slot in d's region (the count exchange gives every rank every slot), reading each token once
+for all destinations; only the per-token metadata travels as token rows.
 
 Combine: rank d reduces, per received token row, the weighted outputs of its own experts (float32
 accumulation, rounded once to the expert output's dtype) and sends one row per (token, source) back; the
 source sums its partial rows (float32 accumulation). Token drop keeps its exact semantics: the same plan, the
 same kept pairs, and a dropped pair is never sent (a token whose pairs on d are all dropped does not go to d).
 
-With ``dispatch_quant`` the token rows cross as quantized wire rows (quantized once per destination, straight
-into the send buffer or the peer's region) and are dequantized while they are laid out expert-major.
+With ``dispatch_quant`` the rows cross as quantized wire rows (each token quantized once, straight into the
+send buffer or the peers' regions) and are dequantized into ``expert_x`` on the receiver (or kept quantized).
 
 Buffers reused across steps: ``expert_x``, plus the exchange's (``send``, ``recv`` and ``partial`` over
-collectives; over ``shm`` the shared regions, into which combine reduces each source's partial rows directly).
+collectives; over ``shm`` the shared regions: ``expert_x`` is then a view of this rank's region, valid until the
+next dispatch, and combine reduces each source's partial rows straight into its region).
 """
 
 from __future__ import annotations
@@ -135,7 +139,7 @@ class AlltoallvDispatcher(Dispatcher):
         metadata = self._routing_metadata(ids, plan.is_kept, plan.topk_weights, dest_mask)
         with self.refused_rows_break_transport():
             received_rows, received_metadata = self.exchange.send_tokens(
-                backend, self.codec, x, dest_layout, metadata, counts
+                backend, self.codec, x, dest_layout, metadata, counts, plan.layout, plan.kept_counts
             )
         local_ids = received_metadata[:, :top_k]
         recv_weights = received_metadata[:, top_k:].contiguous().view(torch.float32)
@@ -163,7 +167,8 @@ class AlltoallvDispatcher(Dispatcher):
             recv_layout=recv_layout,
             recv_weights=recv_weights,
         )
-        return self.expert_rows(backend, received_rows, recv_layout, x, dequantize), handle
+        rows_layout = None if self.exchange.rows_are_expert_major else recv_layout
+        return self.expert_rows(backend, received_rows, rows_layout, x, dequantize), handle
 
     def combine(self, expert_y: torch.Tensor, handle: AlltoallvHandle) -> torch.Tensor:
         """See :meth:`Dispatcher.combine`: ``expert_y [N_recv, H]`` -> ``[T, H]``."""

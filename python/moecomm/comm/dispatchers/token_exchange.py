@@ -5,17 +5,20 @@ Both exchanges move the same bytes in the same order, so the dispatcher above th
 - :class:`CollectiveTokenExchange` (any transport): the token rows are laid out in (destination, token) order
   in the ``send`` buffer and exchanged with two ``all_to_all`` calls (rows, routing metadata); the partial
   rows come back with a third.
-- :class:`RegionTokenExchange` (transports with shared regions, i.e. ``shm``): the sender copies (or, with
-  ``dispatch_quant``, quantizes) each token row from ``x`` straight into the destinations' ``dispatch`` regions
-  in one pass (each token read and quantized once, whatever the number of destinations; no send buffer, no
-  receive copy), and
-  each expert rank reduces its partial rows straight into the source's ``combine`` region; a ``sync`` (one
-  barrier) publishes each step's writes.
+- :class:`RegionTokenExchange` (transports with shared regions, i.e. ``shm``): the sender writes (or, with
+  ``dispatch_quant``, quantizes) each kept (token, expert) pair's row from ``x`` straight into its slot of the
+  destination's expert-major rows, in one pass over ``x`` for every destination (each token read and
+  quantized once; no send buffer, no token rows, no receiver-side layout); the rows for each destination
+  expert are one byte range of the destination's region (:class:`~moecomm.ops._out.RowRanges`). Each expert
+  rank reduces its partial rows straight into the source's ``combine`` region; a ``sync`` (one barrier)
+  publishes each step's writes.
 
-Region layout of rank d (offsets from the count exchange, identical on every rank): ``dispatch`` holds
-``[N_in, W]`` token rows (W = H values, or the wire row bytes under ``dispatch_quant``) from every source s in rank order (``n[s, d]`` rows each), then ``[N_in, 2K]`` int32
-routing metadata; ``combine`` holds the ``[N_back, H]`` partial rows coming back, from each destination in rank
-order (``n[d, e]`` rows from rank e).
+Region layout of rank d (offsets from the count exchange, identical on every rank): ``dispatch`` holds the
+``[N_recv, W]`` expert-major rows of d's local experts (W = H values, or the wire row bytes under
+``dispatch_quant``; local expert, then source rank, then token and k: the order every dispatcher returns),
+then the ``[N_in, 2K]`` int32 routing metadata of the token rows that would have crossed (from every source s
+in rank order, ``n[s, d]`` rows each: the receiver's combine layout); ``combine`` holds the ``[N_back, H]``
+partial rows coming back, from each destination in rank order (``n[d, e]`` rows from rank e).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from moecomm.backends.base import KernelBackend
 from moecomm.comm.row_codec import PlainRows
 from moecomm.comm.transports.base import Transport
 from moecomm.comm.workspace import Workspace
+from moecomm.ops._out import RowRanges
 from moecomm.ops.layout import RouteLayout
 
 #: Byte alignment of the blocks inside a region.
@@ -50,6 +54,9 @@ def _row_offsets(counts: list[int]) -> list[int]:
 class CollectiveTokenExchange:
     """Token rows and partial rows through the transport's ``all_to_all``."""
 
+    #: send_tokens returns token rows (one per received token), for the receiver to lay out expert-major
+    rows_are_expert_major = False
+
     def __init__(self, transport: Transport, workspace: Workspace) -> None:
         self.transport = transport
         self.workspace = workspace
@@ -62,10 +69,13 @@ class CollectiveTokenExchange:
         dest_layout: RouteLayout,
         metadata: torch.Tensor,
         counts: torch.Tensor,
+        pair_layout: RouteLayout,
+        kept_counts: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sends token rows (encoded by ``codec``: plain or quantized wire rows) and their ``metadata [N_send, 2K]``
         int32; ``counts [R, R]`` int64 token rows (source, destination). Returns (``[N_in, W]`` received rows,
-        ``[N_in, 2K]`` received metadata)."""
+        ``[N_in, 2K]`` received metadata). ``pair_layout`` (this rank's kept pairs over the E experts) and
+        ``kept_counts [R, E]`` are for exchanges that write expert-major rows; unused here."""
         send_splits, recv_splits = self._splits(counts)
         rows = codec.encode(backend, x, dest_layout, out=self._wire_buffer("send", dest_layout.num_rows, codec, x))
         received_metadata = self.transport.all_to_all(
@@ -121,7 +131,11 @@ class CollectiveTokenExchange:
 
 
 class RegionTokenExchange:
-    """Token rows and partial rows copied straight into the peers' shared regions (``shm`` transport)."""
+    """Expert-major rows written straight into the peers' shared regions, partial rows back the same way
+    (``shm`` transport)."""
+
+    #: send_tokens returns this rank's expert-major rows (laid out by the senders)
+    rows_are_expert_major = True
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
@@ -134,44 +148,60 @@ class RegionTokenExchange:
         dest_layout: RouteLayout,
         metadata: torch.Tensor,
         counts: torch.Tensor,
+        pair_layout: RouteLayout,
+        kept_counts: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """See :meth:`CollectiveTokenExchange.send_tokens`; the sender encodes (quantizes) each row straight into
-        the destinations' regions, reading (quantizing) each token once for all of them; the received tensors
-        are views of this rank's ``dispatch`` region, valid until the next step's token exchange."""
+        """See :meth:`CollectiveTokenExchange.send_tokens`, but the sender writes (quantizes) each kept pair's row
+        into its slot of the destination's expert-major rows (``pair_layout``: this rank's kept pairs over the E
+        experts; ``kept_counts [R, E]`` int64 kept pairs per (source, expert), identical on every rank), reading
+        and quantizing each token once for every destination; the metadata still goes per token row. Returns
+        (``[N_recv, W]`` this rank's expert-major rows: a view of its ``dispatch`` region, valid until the next
+        step's exchange; ``[N_in, 2K]`` received metadata)."""
         transport, rank, num_ranks = self.transport, self.transport.rank, self.transport.world_size
         hidden, meta_width = x.shape[1], metadata.shape[1]
         width, row_dtype = codec.width(hidden), codec.dtype(x)
         row_bytes = codec.row_bytes(hidden, x.dtype)
-        received = counts[:, rank].tolist()
-        num_in = sum(received)
-        num_back = int(counts[rank].sum())
-        transport.ensure_region("dispatch", _aligned(num_in * row_bytes) + num_in * meta_width * 4)
-        transport.ensure_region("combine", num_back * hidden * _MAX_ELEMENT_BYTES)
+        per_dest = kept_counts.view(num_ranks, num_ranks, -1)  # [source, destination, local expert]
+        expert_rows = per_dest.sum(dim=(0, 2)).tolist()  # [R] expert-major rows each rank receives
+        token_rows = counts.sum(dim=0).tolist()  # [R] token rows (metadata) each rank receives
+        transport.ensure_region("dispatch", _aligned(expert_rows[rank] * row_bytes) + token_rows[rank] * meta_width * 4)
+        transport.ensure_region("combine", int(counts[rank].sum()) * hidden * _MAX_ELEMENT_BYTES)
         transport.sync("dispatch", "region sizes")  # every rank now sees every peer's grown regions
+        regions = tuple(transport.region(dest, "dispatch") for dest in range(num_ranks))
         send_counts = counts[rank].tolist()
         send_offsets = _row_offsets(send_counts)
-        row_views = []  # the rows for each destination, in its region: one encode writes them all
         for dest in range(num_ranks):
             count = send_counts[dest]
-            peer_in = counts[:, dest].tolist()
-            first = _row_offsets(peer_in)[rank]
-            region = transport.region(dest, "dispatch")
-            rows_view = region[first * row_bytes : (first + count) * row_bytes].view(row_dtype).view(count, width)
-            row_views.append(rows_view)
             if count == 0:
                 continue
-            meta_start = _aligned(sum(peer_in) * row_bytes) + first * meta_width * 4
+            first = _row_offsets(counts[:, dest].tolist())[rank]
+            meta_start = _aligned(expert_rows[dest] * row_bytes) + first * meta_width * 4
             meta_view = (
-                region[meta_start : meta_start + count * meta_width * 4].view(torch.int32).view(count, meta_width)
+                regions[dest][meta_start : meta_start + count * meta_width * 4]
+                .view(torch.int32)
+                .view(count, meta_width)
             )
             meta_view.copy_(metadata[send_offsets[dest] : send_offsets[dest] + count])
-        codec.encode(backend, x, dest_layout, out=row_views)  # each token read (and quantized) once
+        codec.encode(backend, x, pair_layout, out=self._expert_slots(regions, per_dest, row_bytes))
         transport.sync("dispatch", "token exchange")
-        own = transport.region(rank, "dispatch")
-        rows = own[: num_in * row_bytes].view(row_dtype).view(num_in, width)
-        meta_start = _aligned(num_in * row_bytes)
+        own = regions[rank]
+        rows = own[: expert_rows[rank] * row_bytes].view(row_dtype).view(expert_rows[rank], width)
+        meta_start = _aligned(expert_rows[rank] * row_bytes)
+        num_in = token_rows[rank]
         meta = own[meta_start : meta_start + num_in * meta_width * 4].view(torch.int32).view(num_in, meta_width)
         return rows, meta.clone()
+
+    def _expert_slots(self, regions: tuple[torch.Tensor, ...], per_dest: torch.Tensor, row_bytes: int) -> RowRanges:
+        """Where this rank's kept pairs go, expert by expert (the E experts in order: pair_layout's row order): in
+        the region of the expert's rank, after the rows of its earlier local experts and of earlier sources."""
+        num_ranks, _, local = per_dest.shape
+        totals = per_dest.sum(dim=0)  # [destination, local expert] rows from every source
+        before_expert = totals.cumsum(dim=1) - totals
+        before_source = per_dest[: self.transport.rank].sum(dim=0)
+        first_row = (before_expert + before_source).reshape(-1)
+        dest = torch.arange(num_ranks).repeat_interleave(local)
+        table = torch.stack([dest, first_row * row_bytes, per_dest[self.transport.rank].reshape(-1)], dim=1)
+        return RowRanges(regions, table.contiguous(), row_bytes)
 
     def combine_partials(
         self,
