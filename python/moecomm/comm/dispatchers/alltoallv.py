@@ -6,7 +6,8 @@ for d's experts (``-1`` / 0 for pairs elsewhere or dropped). Over a collective t
 received token rows out expert-major for its local experts (local expert, then source rank, token, k: the
 contract of every dispatcher). Over ``shm`` the senders write each kept pair's row straight into its
 expert-major slot in d's region (the count exchange gives every rank every slot), reading each token once
-for all destinations; only the per-token metadata travels as token rows.
+for all destinations; only the per-token metadata travels as token rows (and, under ``dispatch_quant``, the
+quantized token rows, dequantized once per token by the receiver).
 
 Combine: rank d reduces, per received token row, the weighted outputs of its own experts (float32
 accumulation, rounded once to the expert output's dtype) and sends one row per (token, source) back; the
@@ -167,7 +168,7 @@ class AlltoallvDispatcher(Dispatcher):
             recv_layout=recv_layout,
             recv_weights=recv_weights,
         )
-        rows_layout = None if self.exchange.rows_are_expert_major else recv_layout
+        rows_layout = None if self.exchange.rows_are_expert_major(self.codec) else recv_layout
         return self.expert_rows(backend, received_rows, rows_layout, x, dequantize), handle
 
     def combine(self, expert_y: torch.Tensor, handle: AlltoallvHandle) -> torch.Tensor:

@@ -5,18 +5,19 @@ Both exchanges move the same bytes in the same order, so the dispatcher above th
 - :class:`CollectiveTokenExchange` (any transport): the token rows are laid out in (destination, token) order
   in the ``send`` buffer and exchanged with two ``all_to_all`` calls (rows, routing metadata); the partial
   rows come back with a third.
-- :class:`RegionTokenExchange` (transports with shared regions, i.e. ``shm``): the sender writes (or, with
-  ``dispatch_quant``, quantizes) each kept (token, expert) pair's row from ``x`` straight into its slot of the
-  destination's expert-major rows, in one pass over ``x`` for every destination (each token read and
-  quantized once; no send buffer, no token rows, no receiver-side layout); the rows for each destination
-  expert are one byte range of the destination's region (:class:`~moecomm.ops._out.RowRanges`). Each expert
+- :class:`RegionTokenExchange` (transports with shared regions, i.e. ``shm``): the sender writes each kept
+  (token, expert) pair's row from ``x`` straight into its slot of the destination's expert-major rows, in one
+  pass over ``x`` for every destination (each token read once; no send buffer, no token rows, no
+  receiver-side layout); the rows for each destination expert are one byte range of the destination's region
+  (:class:`~moecomm.ops._out.RowRanges`). With ``dispatch_quant`` it quantizes each token once into the
+  destinations' token rows instead, which the receiver dequantizes once per token while laying them out. Each expert
   rank reduces its partial rows straight into the source's ``combine`` region; a ``sync`` (one barrier)
   publishes each step's writes.
 
 Region layout of rank d (offsets from the count exchange, identical on every rank): ``dispatch`` holds the
-``[N_recv, W]`` expert-major rows of d's local experts (W = H values, or the wire row bytes under
-``dispatch_quant``; local expert, then source rank, then token and k: the order every dispatcher returns),
-then the ``[N_in, 2K]`` int32 routing metadata of the token rows that would have crossed (from every source s
+``[N_recv, H]`` expert-major rows of d's local experts (local expert, then source rank, then token and k: the
+order every dispatcher returns), or under ``dispatch_quant`` the ``[N_in, W]`` wire token rows from every source
+in rank order, then the ``[N_in, 2K]`` int32 routing metadata of the token rows that would have crossed (from every source s
 in rank order, ``n[s, d]`` rows each: the receiver's combine layout); ``combine`` holds the ``[N_back, H]``
 partial rows coming back, from each destination in rank order (``n[d, e]`` rows from rank e).
 """
@@ -54,8 +55,10 @@ def _row_offsets(counts: list[int]) -> list[int]:
 class CollectiveTokenExchange:
     """Token rows and partial rows through the transport's ``all_to_all``."""
 
-    #: send_tokens returns token rows (one per received token), for the receiver to lay out expert-major
-    rows_are_expert_major = False
+    @staticmethod
+    def rows_are_expert_major(codec: PlainRows) -> bool:
+        """send_tokens returns token rows (one per received token), for the receiver to lay out expert-major."""
+        return False
 
     def __init__(self, transport: Transport, workspace: Workspace) -> None:
         self.transport = transport
@@ -131,14 +134,18 @@ class CollectiveTokenExchange:
 
 
 class RegionTokenExchange:
-    """Expert-major rows written straight into the peers' shared regions, partial rows back the same way
-    (``shm`` transport)."""
-
-    #: send_tokens returns this rank's expert-major rows (laid out by the senders)
-    rows_are_expert_major = True
+    """Rows written straight into the peers' shared regions, partial rows back the same way (``shm``
+    transport): plain rows expert-major (laid out by the senders), quantized rows as token rows."""
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
+
+    @staticmethod
+    def rows_are_expert_major(codec: PlainRows) -> bool:
+        """Plain rows land expert-major. Quantized rows land as token rows (one per received token), which the
+        receiver dequantizes once per token while it lays them out: dequantizing the ~K/R expert rows of each
+        token instead costs more than the bytes it saves (measured: int8 at H=7168, 78 -> 109 ms per dispatch)."""
+        return not codec.quantized
 
     def send_tokens(
         self,
@@ -151,42 +158,48 @@ class RegionTokenExchange:
         pair_layout: RouteLayout,
         kept_counts: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """See :meth:`CollectiveTokenExchange.send_tokens`, but the sender writes (quantizes) each kept pair's row
-        into its slot of the destination's expert-major rows (``pair_layout``: this rank's kept pairs over the E
-        experts; ``kept_counts [R, E]`` int64 kept pairs per (source, expert), identical on every rank), reading
-        and quantizing each token once for every destination; the metadata still goes per token row. Returns
-        (``[N_recv, W]`` this rank's expert-major rows: a view of its ``dispatch`` region, valid until the next
-        step's exchange; ``[N_in, 2K]`` received metadata)."""
+        """See :meth:`CollectiveTokenExchange.send_tokens`. The sender writes the rows straight into the
+        destinations' regions, reading (quantizing) each token once for all of them: with plain rows each kept
+        pair's row into its slot of the destination's expert-major rows (``pair_layout``: this rank's kept pairs
+        over the E experts; ``kept_counts [R, E]`` int64 kept pairs per (source, expert), identical on every rank),
+        with quantized rows each token row (``dest_layout``). The metadata goes per token row. Returns (this
+        rank's ``[N_recv, W]`` expert-major rows, or ``[N_in, W]`` token rows; ``[N_in, 2K]`` received metadata);
+        the rows are a view of its ``dispatch`` region, valid until the next step's exchange."""
         transport, rank, num_ranks = self.transport, self.transport.rank, self.transport.world_size
         hidden, meta_width = x.shape[1], metadata.shape[1]
         width, row_dtype = codec.width(hidden), codec.dtype(x)
         row_bytes = codec.row_bytes(hidden, x.dtype)
         per_dest = kept_counts.view(num_ranks, num_ranks, -1)  # [source, destination, local expert]
-        expert_rows = per_dest.sum(dim=(0, 2)).tolist()  # [R] expert-major rows each rank receives
         token_rows = counts.sum(dim=0).tolist()  # [R] token rows (metadata) each rank receives
-        transport.ensure_region("dispatch", _aligned(expert_rows[rank] * row_bytes) + token_rows[rank] * meta_width * 4)
+        expert_major = self.rows_are_expert_major(codec)
+        rows_in = per_dest.sum(dim=(0, 2)).tolist() if expert_major else token_rows  # rows each rank receives
+        transport.ensure_region("dispatch", _aligned(rows_in[rank] * row_bytes) + token_rows[rank] * meta_width * 4)
         transport.ensure_region("combine", int(counts[rank].sum()) * hidden * _MAX_ELEMENT_BYTES)
         transport.sync("dispatch", "region sizes")  # every rank now sees every peer's grown regions
         regions = tuple(transport.region(dest, "dispatch") for dest in range(num_ranks))
         send_counts = counts[rank].tolist()
         send_offsets = _row_offsets(send_counts)
+        firsts = [_row_offsets(counts[:, dest].tolist())[rank] for dest in range(num_ranks)]
         for dest in range(num_ranks):
             count = send_counts[dest]
             if count == 0:
                 continue
-            first = _row_offsets(counts[:, dest].tolist())[rank]
-            meta_start = _aligned(expert_rows[dest] * row_bytes) + first * meta_width * 4
+            meta_start = _aligned(rows_in[dest] * row_bytes) + firsts[dest] * meta_width * 4
             meta_view = (
                 regions[dest][meta_start : meta_start + count * meta_width * 4]
                 .view(torch.int32)
                 .view(count, meta_width)
             )
             meta_view.copy_(metadata[send_offsets[dest] : send_offsets[dest] + count])
-        codec.encode(backend, x, pair_layout, out=self._expert_slots(regions, per_dest, row_bytes))
+        if expert_major:
+            codec.encode(backend, x, pair_layout, out=self._expert_slots(regions, per_dest, row_bytes))
+        else:
+            table = torch.tensor([[d, firsts[d] * row_bytes, send_counts[d]] for d in range(num_ranks)], device="cpu")
+            codec.encode(backend, x, dest_layout, out=RowRanges(regions, table, row_bytes))
         transport.sync("dispatch", "token exchange")
         own = regions[rank]
-        rows = own[: expert_rows[rank] * row_bytes].view(row_dtype).view(expert_rows[rank], width)
-        meta_start = _aligned(expert_rows[rank] * row_bytes)
+        rows = own[: rows_in[rank] * row_bytes].view(row_dtype).view(rows_in[rank], width)
+        meta_start = _aligned(rows_in[rank] * row_bytes)
         num_in = token_rows[rank]
         meta = own[meta_start : meta_start + num_in * meta_width * 4].view(torch.int32).view(num_in, meta_width)
         return rows, meta.clone()
@@ -199,7 +212,7 @@ class RegionTokenExchange:
         before_expert = totals.cumsum(dim=1) - totals
         before_source = per_dest[: self.transport.rank].sum(dim=0)
         first_row = (before_expert + before_source).reshape(-1)
-        dest = torch.arange(num_ranks).repeat_interleave(local)
+        dest = torch.arange(num_ranks, device="cpu").repeat_interleave(local)
         table = torch.stack([dest, first_row * row_bytes, per_dest[self.transport.rank].reshape(-1)], dim=1)
         return RowRanges(regions, table.contiguous(), row_bytes)
 
