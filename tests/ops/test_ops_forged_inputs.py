@@ -134,7 +134,8 @@ def test_permute_refuses_shapes_past_the_storage(victim):
         args["layout"] = forged("layout", layout.row_of_pair, [8, 2], [2, 1], nbytes=8 * 15)
     else:
         args["out"] = forged("out", out, [layout.num_rows, 3], [3, 1], nbytes=out.nbytes - 4)
-    table = tensor_arg("out", torch.tensor([[0, 0, layout.num_rows]]))
+    one_range = torch.tensor([[0, 0, layout.num_rows]])  # held: a TensorArg owns nothing
+    table = tensor_arg("out", one_range)
     with pytest.raises(ValueError, match=f"^{victim}: .*storage holds"):
         _C.permute(args["x"], args["layout"], [args["out"]], table, 3 * 4, 1)
 

@@ -121,7 +121,8 @@ def test_the_core_refuses_ranges_past_their_buffers():
     x = torch.randn(2, 4)
     layout = ops.route_layout(torch.tensor([[0], [1]]), 2)
     args = (tensor_arg("x", x), tensor_arg("layout", layout.row_of_pair))
-    buffer = [tensor_arg("out", torch.empty(10))]  # 40 bytes: room for two 16-byte rows at offset 8
+    storage = torch.empty(10)  # 40 bytes: room for two 16-byte rows at offset 8 (held: a TensorArg owns nothing)
+    buffer = [tensor_arg("out", storage)]
 
     tables = []  # a TensorArg holds no memory: keep every table alive
 
