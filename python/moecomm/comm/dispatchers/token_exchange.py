@@ -179,7 +179,7 @@ class RegionTokenExchange:
         regions = tuple(transport.region(dest, "dispatch") for dest in range(num_ranks))
         send_counts = counts[rank].tolist()
         send_offsets = _row_offsets(send_counts)
-        firsts = [_row_offsets(counts[:, dest].tolist())[rank] for dest in range(num_ranks)]
+        firsts = counts[:rank].sum(dim=0).tolist()  # [R] this rank's first token row at each destination
         for dest in range(num_ranks):
             count = send_counts[dest]
             if count == 0:
